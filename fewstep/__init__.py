@@ -1,0 +1,1 @@
+"""fewstep: few-step generative modeling (consistency models and diffusion distillation)."""

@@ -1,0 +1,121 @@
+"""Checkpoints: one safetensors file holding every state dict (net, EMA target, EMA, optimizer, RNG)
+plus a JSON metadata entry with the training state; written atomically (temporary file, fsync,
+os.replace), so a crash or a failing run never leaves a half-written or overwritten checkpoint."""
+
+import json
+import os
+import tempfile
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import FewstepError
+
+FORMAT = "fewstep-checkpoint-1"
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path) and then atomically move the finished file to path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def read_json(path, what="file"):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FewstepError(f"{what} {path} not found; check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FewstepError(f"{what} {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); fix or delete it") from None
+
+
+def flatten(prefix, state):
+    """{prefix.key: tensor} from a state dict, cloned so that no two entries share memory."""
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def unflatten(prefix, tensors):
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def optimizer_to_tensors(optimizer):
+    """(tensors, meta) for an optimizer's state dict: tensors by param index and name, the rest as JSON."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for i, state in sd["state"].items():
+        for name, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{i}.{name}"] = v.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"{i}.{name}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(tensors, meta):
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    for key, v in meta["scalars"].items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path, tensors, meta):
+    """Write tensors and a JSON-able meta dict to path atomically."""
+    metadata = {"format": FORMAT, "meta": json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_checkpoint(path):
+    """(tensors, meta) from a checkpoint; a missing, truncated or foreign file raises FewstepError."""
+    if not os.path.isfile(path):
+        raise FewstepError(f"no checkpoint at {path}; train first (fewstep train ... --out RUN) or check the path")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise FewstepError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0][:80]}); "
+                           "delete it and retrain, or restore it from a copy") from None
+    if metadata.get("format") != FORMAT:
+        raise FewstepError(f"{path} is not a fewstep checkpoint (format {metadata.get('format')!r}); "
+                           "pass the run folder that fewstep train wrote")
+    return tensors, json.loads(metadata["meta"])
+
+
+def load_state(module, state, path, what="network"):
+    """module.load_state_dict(state) with one clear line when the checkpoint does not fit the network."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, network has {tuple(own[wrong[0]].shape)}")
+        raise FewstepError(f"checkpoint {path} does not match the {what} ({detail}); "
+                           "use the network config the checkpoint was trained with (its run's config.json)")
+    module.load_state_dict(state)

@@ -1,0 +1,152 @@
+"""The `fewstep` command: train, sample, demo. Every user error is one line and exit code 2."""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from .config import TrainConfig
+from .errors import FewstepError
+from .methods import METHODS
+
+FIELDS = set(TrainConfig.__dataclass_fields__)
+
+
+def parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_sets(cfg_dict, sets):
+    """--set key=value: a TrainConfig field, net.X / data.X / method.X, or (bare) a method option."""
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FewstepError(f"--set expects key=value, got {item!r}; e.g. --set solver=euler or --set net.width=256")
+        value = parse_value(value)
+        group, dot, name = key.partition(".")
+        if dot and group in ("net", "data", "method"):
+            cfg_dict[f"{group}_kwargs"] = {**cfg_dict.get(f"{group}_kwargs", {}), name: value}
+        elif key in FIELDS:
+            cfg_dict[key] = value
+        else:
+            cfg_dict["method_kwargs"] = {**cfg_dict.get("method_kwargs", {}), key: value}
+    return cfg_dict
+
+
+def cmd_train(args):
+    from .train import train
+    cfg = {}
+    if args.config:
+        from .checkpoint import read_json
+        cfg = read_json(args.config, "config file")
+    cfg["method"] = args.method
+    for name in ("teacher", "data", "steps", "batch", "lr", "seed", "ema"):
+        if getattr(args, name) is not None:
+            cfg[name] = getattr(args, name)
+    if cfg.get("teacher"):
+        cfg["teacher"] = os.path.abspath(cfg["teacher"])
+    cfg = TrainConfig.from_dict(apply_sets(cfg, args.set)).validate()
+    t0 = time.perf_counter()
+    state = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    print(f"trained {cfg.method} for {state.k} steps in {time.perf_counter() - t0:.1f}s -> {args.out}")
+
+
+def cmd_sample(args):
+    from .generate import generate, parse_steps
+    from .metrics.toy import consistency_error, sample_distance
+    from .plots import scatter_grid
+    from .runs import build_dataset, load_model
+    steps = parse_steps(args.steps)
+    model, cfg = load_model(args.run, args.which)
+    data = build_dataset(cfg)
+    out = args.out or os.path.join(args.run, "samples")
+    os.makedirs(out, exist_ok=True)
+    taus = [float(t) for t in args.tau.split(",")] if args.tau else None
+    rows, panels = [], []
+    print(f"{'steps':>5} {'NFE':>5} {'sliced W2':>10} {'f error':>8} {'samples/s':>10}")
+    for s in (steps if taus is None else [len(taus)]):
+        g = torch.Generator().manual_seed(args.seed)
+        t0 = time.perf_counter()
+        x, n_fe = generate(model, cfg, args.n, s, sampler=args.sampler, taus=taus, generator=g)
+        rate = args.n / (time.perf_counter() - t0)
+        swd = sample_distance(x, data, generator=torch.Generator().manual_seed(args.seed + 1))
+        ferr = (consistency_error(model, data, t=cfg.sigma_max, sigma_min=cfg.sigma_min, n=1024,
+                                  generator=torch.Generator().manual_seed(args.seed + 2))
+                if s == 1 and hasattr(model, "boundary") and hasattr(data, "denoiser") else None)
+        rows.append({"steps": s, "nfe": n_fe, "sliced_w2": swd, "f_error": ferr, "samples_per_sec": rate})
+        print(f"{s:>5} {n_fe:>5} {swd:>10.4f} {'' if ferr is None else f'{ferr:.4f}':>8} {rate:>10.0f}")
+        torch.save(x, os.path.join(out, f"steps{s}.pt"))
+        panels.append((f"{s} steps, {n_fe} NFE", x))
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    scatter_grid([("data", [("data", data.sample(args.n, torch.Generator().manual_seed(args.seed)))]),
+                  (cfg.method, panels)], os.path.join(out, "samples.png"))
+    print(f"wrote {out}/samples.png, metrics.json and steps*.pt")
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    run_demo(args.out, fast=args.fast)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="fewstep", description="Few-step generative modeling: consistency "
+                                "models and diffusion distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a teacher (edm, ddpm) or a few-step model (cd, ct, ict, ...)")
+    t.add_argument("method", help=f"one of: {', '.join(METHODS)}")
+    t.add_argument("--out", required=True, help="run folder to write (config.json, checkpoint.safetensors, metrics.jsonl)")
+    t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous)")
+    t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral")
+    t.add_argument("--steps", type=int, help="training steps (default 4000)")
+    t.add_argument("--batch", type=int, help="batch size (default 512)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--ema", type=float, help="EMA rate of the sampling model (default 0.999)")
+    t.add_argument("--seed", type=int, help="seed (default 0)")
+    t.add_argument("--config", help="a JSON file of TrainConfig fields; flags override it")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config field or method option, e.g. --set solver=euler --set net.width=256")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample a run at several step counts; writes PNG, samples and metrics")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
+    s.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm, langevin (teachers)")
+    s.add_argument("--tau", help="explicit consistency time points T,tau_1,... (decreasing)")
+    s.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--which", default="ema", choices=["ema", "net", "target"], help="which weights (default ema)")
+    s.add_argument("--out", help="output folder (default RUN/samples)")
+    s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("demo", help="the 2-D demo: teacher, CD, CT and iCT, sampled at 1/2/4 steps")
+    d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    d.add_argument("--fast", action="store_true", help="a few hundred steps per method (a smoke test)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FewstepError as e:
+        print(f"fewstep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewstep: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

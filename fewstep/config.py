@@ -1,0 +1,93 @@
+"""The training configuration: every argument that defines a run, written as config.json into the run
+folder (EDM's training_options.json idea) and read back to rebuild the models for sampling."""
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass, field
+
+from .data import DATASETS
+from .errors import FewstepError
+from .methods import DISTILLATION, METHODS
+from .nets.mlp import NETS
+
+
+@dataclass
+class TrainConfig:
+    method:            str   = "edm"        # Training method, a key of fewstep.methods.METHODS.
+    method_kwargs:     dict  = field(default_factory=dict)   # Its hyperparameters (K defaults to steps).
+    teacher:           str   = None         # Run folder of a diffusion teacher, for cd / cd-continuous.
+    init_from_teacher: bool  = True         # Distillation: start the student from the teacher's weights.
+    data:              str   = "gmm"        # Dataset, a key of fewstep.data.DATASETS.
+    data_kwargs:       dict  = field(default_factory=dict)
+    net:               str   = "mlp"        # Raw network, a key of fewstep.nets.mlp.NETS.
+    net_kwargs:        dict  = field(default_factory=dict)
+    sigma_data:        float = 0.5          # Data standard deviation used by the preconditioning.
+    sigma_min:         float = 0.002        # epsilon: the consistency boundary and the grid's lower end.
+    sigma_max:         float = 80.0         # T: the largest noise level.
+    rho:               float = 7.0          # Karras grid exponent.
+    boundary:          str   = "scalings"   # Consistency parameterization: "scalings" (option 2) or "switch" (option 1).
+    steps:             int   = 4000         # Training steps (the K of the CT/iCT curricula unless given).
+    batch:             int   = 512          # Batch size.
+    lr:                float = 1e-3         # Adam learning rate.
+    ema:               float = 0.999        # Rate of the EMA used for sampling (with a warm-up).
+    seed:              int   = 0            # Seeds the network initialisation, the data and the noise.
+    log_every:         int   = 100          # Steps between progress-bar updates and metrics.jsonl lines.
+    ckpt_every:        int   = 1000         # Steps between checkpoints (the last step always saves).
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise FewstepError(f"unknown config field(s) {unknown}; valid fields are {sorted(names)}")
+        return cls(**d)
+
+    def method_arguments(self):
+        """The method's constructor arguments: method_kwargs plus the run's defaults it accepts."""
+        params = inspect.signature(METHODS[self.method]).parameters
+        shared = {"K": self.steps, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                  "rho": self.rho, "sigma_data": self.sigma_data}
+        kwargs = {k: v for k, v in shared.items() if k in params}
+        kwargs.update(self.method_kwargs)
+        return kwargs
+
+    def resolved(self):
+        """A copy with the curriculum length K written into method_kwargs, so that extending --steps
+        on resume keeps the schedule the run started with."""
+        params = inspect.signature(METHODS[self.method]).parameters
+        if "K" in params and "K" not in self.method_kwargs:
+            return dataclasses.replace(self, method_kwargs={**self.method_kwargs, "K": self.steps})
+        return self
+
+    def validate(self):
+        """Raise FewstepError (one line: problem and fix) for a config that cannot train."""
+        if self.method not in METHODS:
+            raise FewstepError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.method in DISTILLATION and not self.teacher:
+            raise FewstepError(f"method {self.method!r} distills a teacher; pass --teacher RUN "
+                               "(a run trained with: fewstep train edm --out RUN)")
+        if self.data not in DATASETS:
+            raise FewstepError(f"unknown dataset {self.data!r}; choose one of: {', '.join(sorted(DATASETS))}")
+        if self.net not in NETS:
+            raise FewstepError(f"unknown network {self.net!r}; choose one of: {', '.join(sorted(NETS))}")
+        for name in ("steps", "batch", "log_every", "ckpt_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise FewstepError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("lr", "sigma_data", "sigma_min", "sigma_max", "rho"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise FewstepError(f"{name} must be a positive number, got {v!r}")
+        if not self.sigma_min < self.sigma_max:
+            raise FewstepError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        if not 0 <= self.ema < 1:
+            raise FewstepError(f"ema must be in [0, 1), got {self.ema}")
+        params = inspect.signature(METHODS[self.method]).parameters
+        bad = sorted(k for k in self.method_kwargs if k not in params or k == "teacher")
+        if bad:
+            valid = [p for p in params if p not in ("teacher", "feature_net")]
+            raise FewstepError(f"method {self.method!r} has no option(s) {bad}; its options are {valid}")
+        return self

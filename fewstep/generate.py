@@ -1,0 +1,55 @@
+"""From a trained model to samples: picks the sampler and grid that fit the run's method.
+
+A consistency model runs Algorithm 1 (seed 000) with `steps` evaluations; a diffusion teacher runs an
+ODE/SDE sampler over `steps` noise levels (Heun on the Karras grid for EDM, DDIM on the strided
+schedule for DDPM), so Heun with 18 steps costs 35 NFE as in EDM.
+"""
+
+import torch
+
+from .errors import FewstepError
+from .methods import METHODS
+from .sampling import SAMPLERS, consistency_taus, initial_noise, nfe, sample_consistency, vp_sigmas
+from .schedules import append_zero, karras_sigmas
+
+
+def default_sampler(cfg):
+    return {"consistency": "consistency", "edm": "heun", "vp": "ddim"}[METHODS[cfg.method].precond]
+
+
+def parse_steps(text):
+    """'1,2,4' -> [1, 2, 4]; anything else is one clear FewstepError."""
+    try:
+        steps = [int(s) for s in str(text).split(",")]
+    except ValueError:
+        steps = None
+    if not steps or any(s < 1 for s in steps):
+        raise FewstepError(f"--steps must be positive integers separated by commas, like 1,2,4; got {text!r}")
+    return steps
+
+
+def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, dim=None):
+    """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list)."""
+    sampler = sampler or default_sampler(cfg)
+    kind = METHODS[cfg.method].precond
+    shape = (n, dim or model.net.dim)
+    if sampler == "consistency":
+        if kind != "consistency":
+            raise FewstepError(f"run trained with {cfg.method!r} is a diffusion model; sample it with "
+                               f"--sampler {' or '.join(sorted(SAMPLERS))}, not consistency")
+        try:
+            taus = torch.as_tensor(taus if taus is not None else consistency_taus(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho),
+                                   dtype=torch.float64)
+            x = initial_noise(shape, taus[0], generator=generator)
+            return sample_consistency(model, x, taus, sigma_min=cfg.sigma_min, cond=cond, generator=generator), len(taus)
+        except ValueError as e:
+            raise FewstepError(f"{e}") from None
+    if sampler not in SAMPLERS:
+        raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, {', '.join(sorted(SAMPLERS))}")
+    if kind == "vp":
+        sigmas = vp_sigmas(model.process, steps)
+        x = initial_noise(shape, sigmas[0], generator=generator, vp=True)
+    else:
+        sigmas = append_zero(karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho))
+        x = initial_noise(shape, sigmas[0], generator=generator)
+    return SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=generator), nfe(sampler, sigmas)

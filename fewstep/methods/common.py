@@ -1,0 +1,41 @@
+"""Pieces shared by the training methods: batches and distance functions d(x, y)."""
+
+import torch
+
+from ..schedules import pseudo_huber_c
+
+
+def split_batch(batch):
+    """A batch is a data tensor or a dict {"x": tensor, **cond}; returns (x, cond)."""
+    if isinstance(batch, dict):
+        cond = dict(batch)
+        return cond.pop("x"), cond
+    return batch, {}
+
+
+class FeatureDistance:
+    """||phi(x) - phi(y)||^2 through a feature network phi the user supplies (an LPIPS-style metric;
+    seed 000 finds LPIPS best for CD on images). phi's parameters are frozen."""
+
+    def __init__(self, feature_net):
+        self.phi = feature_net.requires_grad_(False)
+
+    def __call__(self, x, y):
+        return (self.phi(x) - self.phi(y)).square().flatten(1).sum(1)
+
+
+def make_distance(name, dim=None, feature_net=None, c=None):
+    """Per-sample distance d(x, y) -> (B,) for CD/CT (seed 000: L2, L1, LPIPS; seed 004: pseudo-Huber
+    sqrt(||x - y||^2 + c^2) - c with c = 0.00054 sqrt(dim) by default)."""
+    if name == "l2":
+        return lambda x, y: (x - y).square().flatten(1).sum(1)
+    if name == "l1":
+        return lambda x, y: (x - y).abs().flatten(1).sum(1)
+    if name == "pseudo-huber":
+        c = pseudo_huber_c(dim) if c is None else c
+        return lambda x, y: ((x - y).square().flatten(1).sum(1) + c ** 2).sqrt() - c
+    if name in ("feature", "lpips"):
+        if feature_net is None:
+            raise ValueError("distance 'feature' needs feature_net: a network mapping samples to features")
+        return FeatureDistance(feature_net)
+    raise ValueError(f"unknown distance {name!r}; choose 'l2', 'l1', 'pseudo-huber' or 'feature'")

@@ -1,0 +1,170 @@
+"""Consistency models: distillation (CD), training (CT), improved CT (iCT) and the continuous-time
+objectives (seeds 000 and 004). Every method is `loss = method(net, batch, target=..., k=..., generator=...)`
+with `net` a consistency function f_theta(x, sigma, **cond) (precond.ConsistencyPrecond)."""
+
+import torch
+from torch.func import jvp
+
+from ..precond import append_dims
+from ..sampling import ode_step
+from ..schedules import (RHO, SIGMA_MAX, SIGMA_MIN, cm_timesteps, ct_mu, ct_N, ict_index_probs, ict_N,
+                         sample_karras_uniform)
+from .common import make_distance, split_batch
+
+
+def _pick(grid, n, y):
+    """grid[n] as a (B,) tensor in y's dtype."""
+    return grid[n].to(y)
+
+
+class ConsistencyDistillation:
+    """Algorithm 2 of seed 000: d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta^-(x_hat_{t_n}, t_n)) with
+    x_hat_{t_n} one Euler or Heun step of the teacher's PF-ODE, n ~ U[1, N-1], theta^- an EMA of rate mu."""
+
+    precond = "consistency"
+    uses_target = True
+
+    def __init__(self, teacher, N=18, solver="heun", distance="l2", mu=0.95, weighting="uniform",
+                 sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, feature_net=None, c=None):
+        if solver not in ("euler", "heun"):
+            raise ValueError(f"unknown CD solver {solver!r}; choose 'euler' or 'heun'")
+        self.teacher, self.N, self.solver, self.mu_value = teacher, N, solver, mu
+        self.t = cm_timesteps(N, sigma_min, sigma_max, rho)
+        self.distance, self.feature_net, self.c, self.weighting = distance, feature_net, c, weighting
+
+    def mu(self, k):
+        return self.mu_value
+
+    def __call__(self, net, batch, *, target, k=0, generator=None):
+        x, cond = split_batch(batch)
+        n = torch.randint(1, self.N, (x.shape[0],), generator=generator)          # 1-based n; t[n] = t_{n+1}
+        t_n, t_n1 = _pick(self.t, n - 1, x), _pick(self.t, n, x)
+        z = torch.randn(x.shape, generator=generator, device=x.device)
+        x_t_n1 = x + append_dims(t_n1, x.ndim) * z
+        with torch.no_grad():
+            x_hat_t_n = ode_step(self.teacher, x_t_n1, t_n1, t_n, self.solver, cond)
+            f_target = target(x_hat_t_n, t_n, **cond)
+        d = make_distance(self.distance, x[0].numel(), self.feature_net, self.c)
+        return (_weight(self.weighting, t_n, t_n1) * d(net(x_t_n1, t_n1, **cond), f_target)).mean()
+
+
+class ConsistencyTraining:
+    """Algorithm 3 of seed 000: d(f_theta(x + t_{n+1} z, t_{n+1}), f_theta^-(x + t_n z, t_n)) with the
+    adaptive schedules N(k) and mu(k) over K training steps."""
+
+    precond = "consistency"
+    uses_target = True
+
+    def __init__(self, K, s0=2, s1=150, mu0=0.9, distance="l2", weighting="uniform",
+                 sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, feature_net=None, c=None):
+        self.K, self.s0, self.s1, self.mu0 = K, s0, s1, mu0
+        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+        self.distance, self.feature_net, self.c, self.weighting = distance, feature_net, c, weighting
+
+    def N(self, k):
+        return ct_N(k, self.K, self.s0, self.s1)
+
+    def mu(self, k):
+        return ct_mu(k, self.K, self.s0, self.s1, self.mu0)
+
+    def __call__(self, net, batch, *, target, k=0, generator=None):
+        x, cond = split_batch(batch)
+        N = self.N(k)
+        t = cm_timesteps(N, self.sigma_min, self.sigma_max, self.rho)
+        n = torch.randint(1, N, (x.shape[0],), generator=generator)
+        return _ct_pair_loss(self, net, target, x, cond, _pick(t, n - 1, x), _pick(t, n, x), generator)
+
+
+class ImprovedConsistencyTraining:
+    """iCT (seed 004): lambda(sigma_i) = 1/(sigma_{i+1} - sigma_i), pseudo-Huber d, the exponential
+    curriculum N(k), lognormal index sampling p(i), and theta^- = stopgrad(theta): no EMA teacher."""
+
+    precond = "consistency"
+    uses_target = False
+
+    def __init__(self, K, s0=10, s1=1280, P_mean=-1.1, P_std=2.0, distance="pseudo-huber",
+                 weighting="inverse-dsigma", sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
+                 feature_net=None, c=None):
+        self.K, self.s0, self.s1, self.P_mean, self.P_std = K, s0, s1, P_mean, P_std
+        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+        self.distance, self.feature_net, self.c, self.weighting = distance, feature_net, c, weighting
+
+    def N(self, k):
+        return ict_N(k, self.K, self.s0, self.s1)
+
+    def __call__(self, net, batch, *, target=None, k=0, generator=None):
+        x, cond = split_batch(batch)
+        sigmas = cm_timesteps(self.N(k), self.sigma_min, self.sigma_max, self.rho)
+        p = ict_index_probs(sigmas, self.P_mean, self.P_std)
+        i = torch.multinomial(p, x.shape[0], replacement=True, generator=generator)   # 0-based: sigma_i = sigmas[i]
+        return _ct_pair_loss(self, net, net, x, cond, _pick(sigmas, i, x), _pick(sigmas, i + 1, x), generator)
+
+
+def _ct_pair_loss(method, net, target, x, cond, t_n, t_n1, generator):
+    """lambda d(f_theta(x + t_{n+1} z, t_{n+1}), stopgrad f_target(x + t_n z, t_n)): CT's loss, eq. (10) of seed 000."""
+    z = torch.randn(x.shape, generator=generator, device=x.device)
+    with torch.no_grad():
+        f_target = target(x + append_dims(t_n, x.ndim) * z, t_n, **cond)
+    d = make_distance(method.distance, x[0].numel(), method.feature_net, method.c)
+    f = net(x + append_dims(t_n1, x.ndim) * z, t_n1, **cond)
+    return (_weight(method.weighting, t_n, t_n1) * d(f, f_target)).mean()
+
+
+def _weight(name, t_n, t_n1):
+    """lambda(t_n): 1 (seed 000's default) or iCT's 1/(sigma_{i+1} - sigma_i) (seed 004)."""
+    if name == "uniform":
+        return torch.ones_like(t_n)
+    if name == "inverse-dsigma":
+        return 1 / (t_n1 - t_n)
+    raise ValueError(f"unknown weighting {name!r}; choose 'uniform' or 'inverse-dsigma'")
+
+#----------------------------------------------------------------------------
+# Continuous-time objectives (seed 000, "Continuous-time objectives"). t is drawn uniformly in
+# t^(1/rho) on [sigma_min, sigma_max], the N -> infinity limit of n ~ U[1, N-1] on the Karras grid.
+
+
+def _total_derivative(f, x_t, t, dx_dt, cond):
+    """d/dt f(x_t, t) along dx/dt, as one Jacobian-vector product (forward-mode AD)."""
+    return jvp(lambda x, s: f(x, s, **cond), (x_t, t), (dx_dt, torch.ones_like(t)))
+
+
+class ContinuousCD:
+    """Continuous-time CD: E[lambda(t) ||df_theta/dt - t df_theta/dx s_phi(x_t, t)||^2] (seed 000), i.e. the
+    squared total derivative of f_theta along the teacher's PF-ODE dx/dt = -t s_phi = (x - D_phi) / t.
+    No stopgrad: gradients flow through the JVP."""
+
+    precond = "consistency"
+    uses_target = False
+
+    def __init__(self, teacher, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
+        self.teacher, self.sigma_min, self.sigma_max, self.rho = teacher, sigma_min, sigma_max, rho
+
+    def __call__(self, net, batch, *, target=None, k=0, generator=None):
+        x, cond = split_batch(batch)
+        t = sample_karras_uniform(x.shape[0], generator, self.sigma_min, self.sigma_max, self.rho).to(x)
+        x_t = x + append_dims(t, x.ndim) * torch.randn(x.shape, generator=generator, device=x.device)
+        with torch.no_grad():
+            dx_dt = (x_t - self.teacher(x_t, t, **cond)) / append_dims(t, x.ndim)
+        _, df_dt = _total_derivative(net, x_t, t, dx_dt, cond)
+        return df_dt.square().flatten(1).sum(1).mean()
+
+
+class ContinuousCT:
+    """Continuous-time CT: 2 E[lambda(t) f_theta(x_t, t)^T (df_theta^-/dt + df_theta^-/dx (x_t - x)/t)] with
+    theta^- = stopgrad(theta) (seed 000). The value is not a distance (it can be negative); its gradient
+    is that of the continuous CT objective."""
+
+    precond = "consistency"
+    uses_target = False
+
+    def __init__(self, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
+        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+
+    def __call__(self, net, batch, *, target=None, k=0, generator=None):
+        x, cond = split_batch(batch)
+        t = sample_karras_uniform(x.shape[0], generator, self.sigma_min, self.sigma_max, self.rho).to(x)
+        z = torch.randn(x.shape, generator=generator, device=x.device)
+        x_t = x + append_dims(t, x.ndim) * z                         # (x_t - x) / t = z
+        with torch.no_grad():
+            _, df_dt = _total_derivative(net, x_t, t, z, cond)
+        return 2 * (net(x_t, t, **cond) * df_dt).flatten(1).sum(1).mean()

@@ -1,0 +1,99 @@
+"""A small residual MLP with a noise embedding, for 2-D (or any flat) data."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class FourierEmbedding(nn.Module):
+    """Random Fourier features of c_noise with frequencies ~ N(0, scale^2) (iCT: a smaller scale makes
+    the embedding less sensitive to the noise level, seed 004). Frequencies are a fixed buffer drawn
+    from a seeded generator, so every network built with the same config has the same embedding."""
+
+    def __init__(self, num_channels, scale=16.0, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(num_channels // 2, generator=g) * scale)
+
+    def forward(self, c):
+        x = c.to(self.freqs.dtype)[:, None] * (2 * math.pi * self.freqs)[None]
+        return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+class PositionalEmbedding(nn.Module):
+    """Transformer sinusoidal embedding of scale * c_noise (DDPM's timestep embedding)."""
+
+    def __init__(self, num_channels, scale=1000.0, max_positions=10000):
+        super().__init__()
+        self.num_channels, self.scale, self.max_positions = num_channels, scale, max_positions
+
+    def forward(self, c):
+        half = self.num_channels // 2
+        freqs = (1 / self.max_positions) ** (torch.arange(half, dtype=torch.float32, device=c.device) / half)
+        x = (self.scale * c.float())[:, None] * freqs[None]
+        return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+class Block(nn.Module):
+    """h + W2 dropout(silu(W1 norm(h) + emb))."""
+
+    def __init__(self, width, dropout):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h, emb):
+        return h + self.fc2(self.dropout(nn.functional.silu(self.fc1(self.norm(h)) + emb)))
+
+
+class MLP(nn.Module):
+    """Raw network F(x_in, c_noise, class_labels=None) -> same shape as x_in."""
+
+    def __init__(self,
+        dim             = 2,            # Data dimensionality.
+        width           = 128,          # Hidden width.
+        depth           = 3,            # Number of residual blocks.
+        emb             = "fourier",    # Noise embedding: "fourier" or "positional".
+        emb_scale       = 16.0,         # Fourier frequency scale, or positional multiplier of c_noise.
+        dropout         = 0.0,          # Dropout inside the blocks (iCT uses more than CM).
+        num_classes     = 0,            # Class conditioning: 0 = none; label num_classes is the null label.
+    ):
+        super().__init__()
+        self.dim, self.num_classes = dim, num_classes
+        if emb == "fourier":
+            self.emb = FourierEmbedding(width, emb_scale)
+        elif emb == "positional":
+            self.emb = PositionalEmbedding(width, emb_scale)
+        else:
+            raise ValueError(f"unknown noise embedding {emb!r}; choose 'fourier' or 'positional'")
+        self.emb_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.label_emb = nn.Embedding(num_classes + 1, width) if num_classes else None
+        self.inp = nn.Linear(dim, width)
+        self.blocks = nn.ModuleList(Block(width, dropout) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, dim)
+        nn.init.zeros_(self.out.weight)         # F = 0 at init: the wrapper's skip path alone (as EDM)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, c_noise, class_labels=None):
+        shape = x.shape
+        emb = self.emb(c_noise)
+        if self.label_emb is not None:
+            labels = torch.full((shape[0],), self.num_classes, device=x.device) if class_labels is None else class_labels
+            emb = emb + self.label_emb(labels)
+        emb = self.emb_mlp(emb)
+        h = self.inp(x.reshape(shape[0], -1))
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(nn.functional.silu(self.out_norm(h))).reshape(shape)
+
+
+NETS = {"mlp": MLP}
+
+
+def make_net(name="mlp", **kwargs):
+    if name not in NETS:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETS)}")
+    return NETS[name](**kwargs)

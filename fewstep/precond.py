@@ -1,0 +1,109 @@
+"""Preconditioning: wrappers that turn a raw network F(x_in, c_noise, **cond) into a denoiser or a
+consistency function with the contract `model(x, sigma, **cond)` in VE coordinates.
+
+The raw network never sees sigma itself, only c_in x and c_noise (EDM's `EDMPrecond` design).
+"""
+
+import torch
+from torch import nn
+
+from .schedules import SIGMA_DATA, SIGMA_MIN
+
+
+def append_dims(v, ndim):
+    """Reshape a per-sample vector (B,) (or a scalar) so it broadcasts against a (B, ...) tensor."""
+    v = torch.as_tensor(v)
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim)) if v.ndim else v
+
+
+def as_sigma(sigma, x):
+    """sigma as a (B,) tensor in x's dtype and device."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma.reshape(x.shape[0])
+
+
+def edm_scalings(sigma, sigma_data=SIGMA_DATA):
+    """EDM's c_skip, c_out, c_in, c_noise (seed 004, EDM column of the parameterization table)."""
+    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+    c_out = sigma * sigma_data / (sigma ** 2 + sigma_data ** 2).sqrt()
+    c_in = 1 / (sigma_data ** 2 + sigma ** 2).sqrt()
+    return c_skip, c_out, c_in, sigma.log() / 4
+
+
+def consistency_scalings(sigma, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN):
+    """The consistency boundary scalings (seed 004, CM column): c_skip = sd^2 / ((t - eps)^2 + sd^2),
+    c_out = sd (t - eps) / sqrt(sd^2 + t^2). At t = eps they are exactly 1 and 0, so f(x, eps) = x."""
+    c_skip = sigma_data ** 2 / ((sigma - sigma_min) ** 2 + sigma_data ** 2)
+    c_out = sigma_data * (sigma - sigma_min) / (sigma_data ** 2 + sigma ** 2).sqrt()
+    return c_skip, c_out
+
+
+class EDMPrecond(nn.Module):
+    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise): the teacher's denoiser (EDM)."""
+
+    def __init__(self, net, sigma_data=SIGMA_DATA):
+        super().__init__()
+        self.net, self.sigma_data = net, sigma_data
+
+    def forward(self, x, sigma, **cond):
+        sigma = as_sigma(sigma, x)
+        c_skip, c_out, c_in, c_noise = (append_dims(c, x.ndim) for c in edm_scalings(sigma, self.sigma_data))
+        return c_skip * x + c_out * self.net(c_in * x, c_noise.flatten(), **cond)
+
+
+class VPPrecond(nn.Module):
+    """An eps-prediction network on a VP process, presented as a VE denoiser (seed 004's eps -> x0).
+
+    With s = sigma_t / alpha_t and x = x_t / alpha_t: the network sees x_t = x / sqrt(1 + s^2) and
+    c_noise = t / T for the discrete process or t in [0, 1] for the continuous one, and
+    D(x, s) = x - s eps_hat. DDPM's eps loss and DDIM/DDPM sampling then run through D unchanged.
+    """
+
+    def __init__(self, net, process):
+        super().__init__()
+        self.net, self.process = net, process
+
+    def c_noise(self, sigma):
+        t = self.process.t_of_ve_sigma(sigma.double())
+        return (t / self.process.T if hasattr(self.process, "T") else t).to(sigma.dtype)
+
+    def forward(self, x, sigma, **cond):
+        sigma = as_sigma(sigma, x)
+        c_in = append_dims(1 / (1 + sigma ** 2).sqrt(), x.ndim)
+        eps = self.net(c_in * x, self.c_noise(sigma), **cond)
+        return x - append_dims(sigma, x.ndim) * eps
+
+
+class ConsistencyPrecond(nn.Module):
+    """A consistency function f(x, sigma) with the boundary condition f(x, sigma_min) = x (seed 000).
+
+    boundary="scalings" (option 2, used in the papers): f = c_skip x + c_out F(c_in x, c_noise) with
+    `consistency_scalings`. boundary="switch" (option 1): f = x where sigma <= sigma_min, otherwise the
+    EDM-preconditioned free-form network.
+    """
+
+    def __init__(self, net, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN, boundary="scalings"):
+        super().__init__()
+        if boundary not in ("scalings", "switch"):
+            raise ValueError(f"unknown consistency boundary {boundary!r}; choose 'scalings' or 'switch'")
+        self.net, self.sigma_data, self.sigma_min, self.boundary = net, sigma_data, sigma_min, boundary
+
+    def forward(self, x, sigma, **cond):
+        sigma = as_sigma(sigma, x)
+        edm_c_skip, edm_c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
+        F = self.net(append_dims(c_in, x.ndim) * x, c_noise, **cond)
+        if self.boundary == "scalings":
+            c_skip, c_out = consistency_scalings(sigma, self.sigma_data, self.sigma_min)
+            return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * F
+        free = append_dims(edm_c_skip, x.ndim) * x + append_dims(edm_c_out, x.ndim) * F
+        return torch.where(append_dims(sigma <= self.sigma_min, x.ndim), x, free)
+
+
+def make_precond(kind, net, *, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN, process=None, boundary="scalings"):
+    if kind == "edm":
+        return EDMPrecond(net, sigma_data)
+    if kind == "vp":
+        return VPPrecond(net, process)
+    if kind == "consistency":
+        return ConsistencyPrecond(net, sigma_data, sigma_min, boundary)
+    raise ValueError(f"unknown preconditioning {kind!r}; choose 'edm', 'vp' or 'consistency'")

@@ -1,0 +1,167 @@
+"""Noise processes and prediction parameterizations (seed 004, "The Forward Process").
+
+Every process has the transition kernel x_t = alpha_t x_0 + sigma_t eps. fewstep's samplers and
+losses all work in the VE ("EDM") coordinates x / alpha_t with noise level sigma = sigma_t / alpha_t,
+where the PF-ODE is dx/dsigma = (x - D(x, sigma)) / sigma (seed 000, Karras et al.). A VP network is
+brought into those coordinates by `precond.VPPrecond`, so one sampler serves both processes.
+"""
+
+import math
+
+import torch
+
+#----------------------------------------------------------------------------
+# Conversions between eps / x0 / v / score predictions (seed 004, "Parameterizations in DPMs").
+# All take x_t and the process's (alpha_t, sigma_t) at that time; tensors broadcast.
+
+PREDICTIONS = ("eps", "x0", "v", "score")
+
+
+def to_x0(pred, kind, x_t, alpha, sigma):
+    """Data prediction x0 from a network output of the given kind."""
+    if kind == "x0":
+        return pred
+    if kind == "eps":
+        return (x_t - sigma * pred) / alpha
+    if kind == "v":                                     # v = alpha eps - sigma x0
+        return (alpha * x_t - sigma * pred) / (alpha ** 2 + sigma ** 2)   # denominator is 1 for VP
+    if kind == "score":                                 # score = -eps / sigma
+        return (x_t + sigma ** 2 * pred) / alpha
+    raise ValueError(f"unknown prediction kind {kind!r}; choose one of {PREDICTIONS}")
+
+
+def from_x0(x0, kind, x_t, alpha, sigma):
+    """The prediction of the given kind that corresponds to the data prediction x0."""
+    if kind == "x0":
+        return x0
+    eps = (x_t - alpha * x0) / sigma
+    if kind == "eps":
+        return eps
+    if kind == "v":
+        return alpha * eps - sigma * x0
+    if kind == "score":
+        return -eps / sigma
+    raise ValueError(f"unknown prediction kind {kind!r}; choose one of {PREDICTIONS}")
+
+
+#----------------------------------------------------------------------------
+# Processes. Each maps its own time t to (alpha_t, sigma_t) and to the VE noise level sigma_t/alpha_t.
+
+
+class VE:
+    """Variance exploding (EDM): alpha_t = 1, sigma_t = t (seed 004, "Noise Schedule and Parameterization")."""
+
+    name = "ve"
+
+    def alpha(self, t):
+        return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
+
+    def sigma(self, t):
+        return torch.as_tensor(t, dtype=torch.float64)
+
+    def ve_sigma(self, t):
+        return self.sigma(t)
+
+    def t_of_ve_sigma(self, s):
+        return torch.as_tensor(s, dtype=torch.float64)
+
+    def config(self):
+        return {"name": self.name}
+
+
+class VPDiscrete:
+    """DDPM's discrete VP process: alpha_bar_t = prod_{i<=t} (1 - beta_i), t = 1..T (seed 002).
+
+    alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t); the VE noise level of step t is
+    sqrt((1 - alpha_bar_t) / alpha_bar_t).
+    """
+
+    name = "vp-discrete"
+
+    def __init__(self, T=1000, beta_start=1e-4, beta_end=0.02):
+        self.T, self.beta_start, self.beta_end = int(T), float(beta_start), float(beta_end)
+        self.betas = torch.linspace(beta_start, beta_end, self.T, dtype=torch.float64)
+        self.alpha_bars = torch.cumprod(1 - self.betas, dim=0)         # index t-1 holds alpha_bar_t
+        self.ve_sigmas = ((1 - self.alpha_bars) / self.alpha_bars).sqrt()
+
+    def _ab(self, t):
+        t = torch.as_tensor(t).long()
+        return self.alpha_bars[t - 1]
+
+    def alpha(self, t):
+        return self._ab(t).sqrt()
+
+    def sigma(self, t):
+        return (1 - self._ab(t)).sqrt()
+
+    def ve_sigma(self, t):
+        return self.ve_sigmas[torch.as_tensor(t).long() - 1]
+
+    def t_of_ve_sigma(self, s):
+        """The (real-valued) step index whose VE noise level is s, by interpolation in log sigma."""
+        s = torch.as_tensor(s, dtype=torch.float64)
+        log_s = self.ve_sigmas.log()
+        idx = torch.searchsorted(log_s, s.log().clamp(log_s[0], log_s[-1])).clamp(1, self.T - 1)
+        lo, hi = log_s[idx - 1], log_s[idx]
+        w = (s.log().clamp(log_s[0], log_s[-1]) - lo) / (hi - lo)
+        return idx + w                                                  # 1-based: idx-1 -> t = idx
+
+    def strided_timesteps(self, S):
+        """S of the T steps, evenly spaced as in the strided schedule tau_1 < ... < tau_S = T (seed 002)."""
+        if not 1 <= S <= self.T:
+            raise ValueError(f"the strided schedule needs 1 <= S <= T={self.T}, got S={S}")
+        return torch.linspace(self.T, 1, S).round().long().flip(0).unique()
+
+    def config(self):
+        return {"name": self.name, "T": self.T, "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+
+class VPContinuous:
+    """Continuous VP SDE, dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw with linear beta(t), t in [0, 1].
+
+    From seed 004's alpha_t = exp(int_0^t f) with f = -beta/2: alpha_t = exp(-1/2 (beta_min t +
+    1/2 (beta_max - beta_min) t^2)), sigma_t = sqrt(1 - alpha_t^2).
+    """
+
+    name = "vp"
+
+    def __init__(self, beta_min=0.1, beta_max=20.0):
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def _log_alpha(self, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t ** 2)
+
+    def alpha(self, t):
+        return self._log_alpha(t).exp()
+
+    def sigma(self, t):
+        return (-torch.expm1(2 * self._log_alpha(t))).sqrt()
+
+    def ve_sigma(self, t):
+        return torch.expm1(-2 * self._log_alpha(t)).sqrt()
+
+    def t_of_ve_sigma(self, s):
+        # Solve 1/2 (beta_max - beta_min) t^2 + beta_min t - log(1 + s^2) = 0 for t >= 0.
+        s = torch.as_tensor(s, dtype=torch.float64)
+        a, b, c = 0.5 * (self.beta_max - self.beta_min), self.beta_min, -torch.log1p(s ** 2)
+        return (-b + (b * b - 4 * a * c).sqrt()) / (2 * a) if a > 0 else -c / b
+
+    def config(self):
+        return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+PROCESSES = {"ve": VE, "vp": VPContinuous, "vp-discrete": VPDiscrete}
+
+
+def make_process(name="ve", **kwargs):
+    if name not in PROCESSES:
+        raise ValueError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+    return PROCESSES[name](**kwargs)
+
+
+def vp_alpha_sigma(ve_sigma):
+    """(alpha_t, sigma_t) of the VP process at the VE noise level s: alpha = 1/sqrt(1+s^2)."""
+    alpha = 1 / torch.sqrt(1 + torch.as_tensor(ve_sigma) ** 2)
+    return alpha, alpha * ve_sigma
+

@@ -1,0 +1,163 @@
+"""The one training loop, split into named steps: build the state, take a step, log, save, resume.
+
+Every method runs through it; a method only supplies its loss (and, for CD/CT, the rate mu(k) of the
+EMA target theta^-). A resumed run equals an uninterrupted one bit for bit: the checkpoint holds the
+networks, the EMAs, Adam's moments, the data/noise generator and the global RNG (dropout).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import (flatten, load_checkpoint, load_state, optimizer_from_tensors, optimizer_to_tensors,
+                         save_checkpoint, unflatten, write_json)
+from .config import TrainConfig
+from .ema import EMA, ema_warmup
+from .errors import FewstepError
+from .methods import DISTILLATION, METHODS
+from .runs import CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, load_config, load_teacher
+
+
+@dataclasses.dataclass
+class TrainState:
+    cfg: TrainConfig
+    net: torch.nn.Module            # theta, inside its preconditioning wrapper
+    ema: EMA                        # the EMA used for sampling
+    target: EMA                     # theta^- for CD/CT (None when the method has no EMA target)
+    optimizer: torch.optim.Optimizer
+    method: object
+    data: object
+    generator: torch.Generator      # data and noise; the global RNG drives dropout only
+    k: int = 0                      # training steps taken
+
+
+def build_state(cfg, teacher=None):
+    """Everything a run needs, freshly initialised from cfg. Distillation loads the teacher run
+    cfg.teacher, unless `teacher` passes a denoiser D(x, sigma, **cond) directly (then cfg.teacher is
+    only its label in config.json)."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    data = build_dataset(cfg)
+    net = build_model(cfg, data).train()
+    kwargs = cfg.method_arguments()
+    if cfg.method in DISTILLATION and teacher is not None:
+        kwargs["teacher"] = teacher
+    elif cfg.method in DISTILLATION:
+        teacher, teacher_cfg = load_teacher(cfg.teacher)
+        kwargs["teacher"] = teacher
+        if cfg.init_from_teacher and METHODS[teacher_cfg.method].precond == "edm":
+            load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
+    try:
+        method = METHODS[cfg.method](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
+    target = EMA(net, method.mu) if method.uses_target else None
+    return TrainState(cfg=cfg, net=net, ema=EMA(net, functools.partial(ema_warmup, cfg.ema)), target=target,
+                      optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr), method=method, data=data,
+                      generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+
+def train_step(state):
+    """One step of Algorithms 2/3 (or a teacher's loss): loss, Adam update, then the EMA updates."""
+    batch = state.data.sample(state.cfg.batch, state.generator)
+    target = state.target.module if state.target is not None else None
+    loss = state.method(state.net, batch, target=target, k=state.k, generator=state.generator)
+    if not torch.isfinite(loss):
+        raise FewstepError(f"the loss became {loss.item()} at step {state.k}; lower the learning rate "
+                           f"(--lr, now {state.cfg.lr}) or check the data; the last good checkpoint is kept")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    if state.target is not None:
+        state.target.update(state.net, state.k)
+    state.ema.update(state.net, state.k)
+    state.k += 1
+    return loss.item()
+
+
+def save(state, path):
+    tensors = {**flatten("net", state.net.state_dict()), **flatten("ema", state.ema.state_dict())}
+    if state.target is not None:
+        tensors.update(flatten("target", state.target.state_dict()))
+    optim_tensors, optim_meta = optimizer_to_tensors(state.optimizer)
+    tensors.update(optim_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.data"] = state.generator.get_state()
+    save_checkpoint(path, tensors, {"k": state.k, "optimizer": optim_meta, "config": state.cfg.to_dict()})
+
+
+def restore(state, path):
+    tensors, meta = load_checkpoint(path)
+    load_state(state.net, unflatten("net", tensors), path)
+    load_state(state.ema.module, unflatten("ema", tensors), path)
+    if state.target is not None:
+        load_state(state.target.module, unflatten("target", tensors), path)
+    state.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    state.generator.set_state(tensors["rng.data"])
+    state.k = meta["k"]
+
+
+# Fields that may change when a run is resumed; any other change would make it a different run.
+RESUMABLE = {"steps", "log_every", "ckpt_every"}
+
+
+def prepare_run_dir(cfg, run_dir, resume):
+    """Write config.json for a new run, or check that a resumed run keeps its config."""
+    ckpt = os.path.join(run_dir, CHECKPOINT)
+    if os.path.exists(ckpt) and not resume:
+        raise FewstepError(f"{run_dir} already holds a trained run; pass --resume to continue it, "
+                           "or choose another --out")
+    if resume and os.path.exists(ckpt):
+        old = load_config(run_dir).to_dict()
+        changed = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE)
+        if changed:
+            raise FewstepError(f"--resume with a different config ({', '.join(changed)} changed); "
+                               f"resume with the settings in {os.path.join(run_dir, CONFIG)} or use another --out")
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, CONFIG), cfg.to_dict())
+    return ckpt if resume and os.path.exists(ckpt) else None
+
+
+def log_metrics(run_dir, record):
+    with open(os.path.join(run_dir, METRICS), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg, run_dir, resume=False, progress=True, teacher=None):
+    """Train cfg into run_dir; returns the final TrainState. Checkpoints every cfg.ckpt_every steps and at
+    the end; a failure (bad loss, Ctrl-C) leaves the last checkpoint as it was. `teacher`: see build_state."""
+    cfg = cfg.validate().resolved()
+    ckpt_to_resume = prepare_run_dir(cfg, run_dir, resume)
+    state = build_state(cfg, teacher)
+    if ckpt_to_resume:
+        restore(state, ckpt_to_resume)
+    bar = tqdm(total=cfg.steps, initial=state.k, disable=not progress, desc=f"{cfg.method} {os.path.basename(run_dir)}",
+               dynamic_ncols=True, leave=False)
+    losses, t0 = [], time.perf_counter()
+    while state.k < cfg.steps:
+        losses.append(train_step(state))
+        bar.update(1)
+        if state.k % cfg.log_every == 0 or state.k == cfg.steps:
+            _log(state, run_dir, losses, time.perf_counter() - t0, bar)
+            losses, t0 = [], time.perf_counter()
+        if state.k % cfg.ckpt_every == 0 or state.k == cfg.steps:
+            save(state, os.path.join(run_dir, CHECKPOINT))
+    bar.close()
+    return state
+
+
+def _log(state, run_dir, losses, seconds, bar):
+    record = {"k": state.k, "loss": sum(losses) / len(losses), "sec_per_step": seconds / len(losses),
+              "samples_per_sec": state.cfg.batch * len(losses) / max(seconds, 1e-9)}
+    if state.target is not None:
+        record["mu"] = state.target.mu(state.k)
+    if hasattr(state.method, "N"):
+        record["N"] = state.method.N(state.k) if callable(state.method.N) else state.method.N
+    log_metrics(run_dir, record)
+    bar.set_postfix(loss=f"{record['loss']:.4g}", it_s=f"{1 / max(record['sec_per_step'], 1e-9):.0f}")

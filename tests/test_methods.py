@@ -1,0 +1,187 @@
+"""Training methods against exact answers on Gaussian data (seeds 000 and 004)."""
+
+import math
+
+import pytest
+import torch
+
+from fewstep.config import TrainConfig
+from fewstep.data.toy2d import gaussian, gmm_ring
+from fewstep.methods import ConsistencyDistillation, ContinuousCD, ContinuousCT, DDPMLoss, EDMLoss
+from fewstep.methods.common import make_distance
+from fewstep.metrics.toy import consistency_error, sample_distance
+from fewstep.precond import VPPrecond
+from fewstep.runs import build_model
+from fewstep.sampling import consistency_taus, sample_consistency
+from fewstep.schedules import sample_karras_uniform
+from fewstep.train import train
+from oracles import as_denoiser
+
+GMM = gmm_ring()
+
+
+class ExactGaussianF(torch.nn.Module):
+    """a * (the exact consistency function of N(mu, s^2 I)); a = 1 is exact, and a is a parameter so
+    that losses have a gradient to check."""
+
+    def __init__(self, mean=0.0, std=0.5, sigma_min=0.002, a=1.0):
+        super().__init__()
+        self.mean, self.std, self.sigma_min = mean, std, sigma_min
+        self.a = torch.nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, x, sigma, **cond):
+        ratio = ((self.std ** 2 + self.sigma_min ** 2) / (self.std ** 2 + sigma ** 2)).sqrt()[:, None]
+        return self.mean + self.a * ratio * (x - self.mean)
+
+
+def _batch(n=4096, seed=0, data=GMM):
+    return data.sample(n, torch.Generator().manual_seed(seed)).double()
+
+#----------------------------------------------------------------------------
+# Losses whose minimiser or value is known.
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self, D, a):
+        super().__init__()
+        self.D, self.a = D, a
+
+    def forward(self, x, sigma, **cond):
+        return self.a * self.D(x, sigma)
+
+
+def test_edm_loss_is_minimised_by_the_exact_denoiser():
+    # L(a) = E[w ||a D*(x) - y||^2] is quadratic in a with its minimum at a = 1 when D* = E[y | x].
+    D, y = as_denoiser(GMM), _batch(200000)
+    L = [EDMLoss()(Scaled(D, a), y, generator=torch.Generator().manual_seed(1)).item() for a in (0.9, 1.0, 1.1)]
+    a_star = 1 + 0.1 * (L[0] - L[2]) / (2 * (L[0] - 2 * L[1] + L[2]))
+    assert a_star == pytest.approx(1.0, abs=0.01)
+
+
+def test_ddpm_loss_is_minimised_by_the_exact_eps():
+    process = DDPMLoss().process
+    exact = as_denoiser(GMM)
+    y = _batch(200000)
+    L = []
+    for a in (0.9, 1.0, 1.1):
+        eps_net = lambda x_t, c, a=a: a * _exact_eps(exact, process, x_t, c)     # noqa: E731
+        L.append(DDPMLoss()(VPPrecond(eps_net, process), y, generator=torch.Generator().manual_seed(1)).item())
+    a_star = 1 + 0.1 * (L[0] - L[2]) / (2 * (L[0] - 2 * L[1] + L[2]))
+    assert a_star == pytest.approx(1.0, abs=0.01)
+
+
+def _exact_eps(D, process, x_t, c_noise):
+    t = (c_noise * process.T).round().long()
+    s, alpha = process.ve_sigma(t)[:, None], process.alpha(t)[:, None]
+    x = x_t / alpha
+    return (x - D(x, s.flatten())) / s
+
+
+@pytest.mark.parametrize("name", ["l2", "l1", "pseudo-huber"])
+def test_distances(name):
+    x = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    y = torch.zeros_like(x)
+    c = 0.00054 * math.sqrt(2)
+    want = {"l2": 25.0, "l1": 7.0, "pseudo-huber": math.sqrt(25 + c * c) - c}[name]
+    assert make_distance(name, dim=2)(x, y).item() == pytest.approx(want)
+    assert make_distance(name, dim=2)(x, x).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_feature_distance_needs_and_uses_the_feature_net():
+    with pytest.raises(ValueError, match="feature_net"):
+        make_distance("feature")
+    phi = torch.nn.Linear(2, 3)
+    d = make_distance("feature", feature_net=phi)
+    x, y = torch.randn(4, 2), torch.randn(4, 2)
+    torch.testing.assert_close(d(x, y), (phi(x) - phi(y)).square().sum(1))
+
+
+def test_cd_loss_of_the_exact_f_is_the_solver_error():
+    # With the exact teacher and exact f the only mismatch is the one-step solver's local error, of
+    # order h^2 for Euler and h^3 for Heun: doubling N divides the squared loss by ~16 and ~64.
+    data = gaussian(std=0.5)
+    f, D, x = ExactGaussianF(), as_denoiser(data), _batch(8192, data=data)
+    loss = {(s, N): ConsistencyDistillation(D, N=N, solver=s)(f, x, target=f, generator=torch.Generator().manual_seed(0)).item()
+            for s in ("euler", "heun") for N in (36, 72)}
+    assert 12 < loss["euler", 36] / loss["euler", 72] < 22
+    assert 45 < loss["heun", 36] / loss["heun", 72] < 100
+    wrong = ConsistencyDistillation(D, N=36)(ExactGaussianF(a=0.9), x, target=f, generator=torch.Generator().manual_seed(0)).item()
+    assert loss["heun", 36] < 1e-3 * wrong
+
+
+def test_continuous_cd_is_zero_for_the_exact_f_only():
+    data = gaussian(std=0.5)
+    D, x = as_denoiser(data), _batch(2048, data=data)
+    exact = ContinuousCD(D)(ExactGaussianF(), x, generator=torch.Generator().manual_seed(0)).item()   # a * f is consistent too; a wrong std is not
+    wrong = ContinuousCD(D)(ExactGaussianF(std=0.4), x, generator=torch.Generator().manual_seed(0)).item()
+    assert exact < 1e-20 and wrong > 1e-4
+
+
+def test_continuous_ct_gradient_is_the_limit_of_discrete_ct():
+    # grad of ||f(x + t z, t) - sg f(x + (t - h) z, t - h)||^2, divided by h, tends to the gradient of
+    # seed 000's continuous CT objective 2 f^T (df^-/dt + df^-/dx (x_t - x)/t) as h -> 0.
+    data, h = gaussian(std=0.5), 1e-5
+    x, f = _batch(512, data=data), ExactGaussianF(a=0.7)
+    ContinuousCT()(f, x, generator=torch.Generator().manual_seed(3)).backward()
+    g_cont = f.a.grad.item()
+    gen = torch.Generator().manual_seed(3)
+    t = sample_karras_uniform(x.shape[0], gen).to(x)
+    z = torch.randn(x.shape, generator=gen).to(x)              # drawn as the method draws it
+    f.a.grad = None
+    with torch.no_grad():
+        target = f(x + (t - h)[:, None] * z, t - h)
+    ((f(x + t[:, None] * z, t) - target).square().sum(1).mean() / h).backward()
+    assert f.a.grad.item() == pytest.approx(g_cont, rel=1e-3)
+    assert abs(g_cont) > 1e-3
+
+#----------------------------------------------------------------------------
+# Training on the 8-mode mixture: the 1-step error to the true consistency function and the 1-step
+# sample distance must fall below thresholds that untrained and wrongly signed models fail.
+
+F_ERROR_MAX, SWD_MAX = 0.25, 0.12
+SMALL_NET = {"width": 64, "depth": 2}
+
+
+def _train(method, tmp_path, steps, teacher=None, **method_kwargs):
+    cfg = TrainConfig(method=method, steps=steps, batch=256, ema=0.99, log_every=steps, ckpt_every=steps,
+                      net_kwargs=SMALL_NET, method_kwargs=method_kwargs, teacher="exact" if teacher else None)
+    return train(cfg, str(tmp_path / method), progress=False, teacher=teacher).ema.module
+
+
+def _scores(f):
+    g = torch.Generator().manual_seed(7)
+    err = consistency_error(f, GMM, n=1024, t=80.0, generator=g)
+    x = sample_consistency(f, torch.randn(2000, 2, generator=g) * 80, consistency_taus(1), generator=g)
+    return err, sample_distance(x, GMM, generator=torch.Generator().manual_seed(8))
+
+
+def test_untrained_model_fails_the_thresholds():
+    f = build_model(TrainConfig(method="ct", net_kwargs=SMALL_NET)).eval()
+    err, swd = _scores(f)
+    assert err > F_ERROR_MAX and swd > SWD_MAX
+
+
+@pytest.mark.slow
+def test_cd_with_the_exact_teacher_learns_f(tmp_path):
+    err, swd = _scores(_train("cd", tmp_path, 1500, teacher=as_denoiser(GMM), N=18, solver="heun"))
+    assert err < F_ERROR_MAX and swd < SWD_MAX
+
+
+@pytest.mark.slow
+def test_cd_with_a_wrongly_signed_teacher_fails(tmp_path):
+    exact = as_denoiser(GMM)
+    reversed_ode = lambda x, sigma, **c: 2 * x - exact(x, sigma)              # dx/dsigma flips sign  # noqa: E731
+    err, swd = _scores(_train("cd", tmp_path, 1500, teacher=reversed_ode, N=18, solver="heun"))
+    assert err > F_ERROR_MAX and swd > SWD_MAX
+
+
+@pytest.mark.slow
+def test_ct_learns_f(tmp_path):
+    err, swd = _scores(_train("ct", tmp_path, 2000))
+    assert err < F_ERROR_MAX and swd < SWD_MAX
+
+
+@pytest.mark.slow
+def test_ict_learns_f(tmp_path):
+    err, swd = _scores(_train("ict", tmp_path, 2000))
+    assert err < F_ERROR_MAX and swd < SWD_MAX
