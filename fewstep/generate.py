@@ -28,6 +28,7 @@ def parse_steps(text):
     return steps
 
 
+@torch.no_grad()
 def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, dim=None):
     """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list)."""
     sampler = sampler or default_sampler(cfg)
@@ -40,6 +41,9 @@ def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, c
         try:
             taus = torch.as_tensor(taus if taus is not None else consistency_taus(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho),
                                    dtype=torch.float64)
+            if taus[0] > cfg.sigma_max:
+                raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
+                                 f"start the --tau list at {cfg.sigma_max:g} or below")
             x = initial_noise(shape, taus[0], generator=generator)
             return sample_consistency(model, x, taus, sigma_min=cfg.sigma_min, cond=cond, generator=generator), len(taus)
         except ValueError as e:

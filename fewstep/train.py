@@ -138,7 +138,7 @@ def train(cfg, run_dir, resume=False, progress=True, teacher=None):
     if ckpt_to_resume:
         restore(state, ckpt_to_resume)
     bar = tqdm(total=cfg.steps, initial=state.k, disable=not progress, desc=f"{cfg.method} {os.path.basename(run_dir)}",
-               dynamic_ncols=True, leave=False)
+               dynamic_ncols=True, leave=False, mininterval=1.0)
     losses, t0 = [], time.perf_counter()
     while state.k < cfg.steps:
         losses.append(train_step(state))

@@ -56,7 +56,7 @@ class MLP(nn.Module):
         width           = 128,          # Hidden width.
         depth           = 3,            # Number of residual blocks.
         emb             = "fourier",    # Noise embedding: "fourier" or "positional".
-        emb_scale       = 16.0,         # Fourier frequency scale, or positional multiplier of c_noise.
+        emb_scale       = 1.0,          # Fourier frequency scale (rad/2pi per unit c_noise), or positional multiplier.
         dropout         = 0.0,          # Dropout inside the blocks (iCT uses more than CM).
         num_classes     = 0,            # Class conditioning: 0 = none; label num_classes is the null label.
     ):

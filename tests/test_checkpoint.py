@@ -1,0 +1,119 @@
+"""Checkpoints: bit-exact round trip, resume == uninterrupted, and nothing lost on failure."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import fewstep.train as train_module
+from fewstep.checkpoint import load_checkpoint
+from fewstep.config import TrainConfig
+from fewstep.errors import FewstepError
+from fewstep.methods import ConsistencyTraining
+from fewstep.runs import CHECKPOINT, load_model
+from fewstep.train import build_state, restore, save, train
+
+
+def _cfg(**kw):
+    # CT exercises the EMA target and mu(k); dropout exercises the global RNG.
+    base = dict(method="ct", steps=20, batch=64, ckpt_every=5, log_every=5,
+                net_kwargs={"width": 16, "depth": 1, "dropout": 0.1})
+    return TrainConfig(**{**base, **kw})
+
+
+def _tensors(run):
+    return load_checkpoint(os.path.join(run, CHECKPOINT))[0]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    state = train(_cfg(), str(tmp_path / "a"), progress=False)
+    fresh = build_state(_cfg().resolved())
+    restore(fresh, str(tmp_path / "a" / CHECKPOINT))
+    save(fresh, str(tmp_path / "copy.safetensors"))
+    _assert_same(_tensors(str(tmp_path / "a")), load_checkpoint(str(tmp_path / "copy.safetensors"))[0])
+    assert fresh.k == state.k == 20
+    for p, q in zip(state.net.parameters(), fresh.net.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    train(_cfg(), str(tmp_path / "whole"), progress=False)
+    real_step = train_module.train_step
+
+    def interrupted(state):
+        if state.k == 12:
+            raise KeyboardInterrupt
+        return real_step(state)
+
+    monkeypatch.setattr(train_module, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), str(tmp_path / "parts"), progress=False)
+    assert load_checkpoint(str(tmp_path / "parts" / CHECKPOINT))[1]["k"] == 10       # last checkpoint kept
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    train(_cfg(), str(tmp_path / "parts"), resume=True, progress=False)
+    _assert_same(_tensors(str(tmp_path / "whole")), _tensors(str(tmp_path / "parts")))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_call = ConsistencyTraining.__call__
+
+    def poisoned(self, net, batch, **kw):
+        loss = real_call(self, net, batch, **kw)
+        return loss * float("nan") if kw["k"] >= 7 else loss
+
+    monkeypatch.setattr(ConsistencyTraining, "__call__", poisoned)
+    run = str(tmp_path / "nan")
+    with pytest.raises(FewstepError, match="loss became nan at step 7.*last good checkpoint"):
+        train(_cfg(), run, progress=False)
+    tensors, meta = load_checkpoint(os.path.join(run, CHECKPOINT))
+    assert meta["k"] == 5 and all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+    assert [f for f in os.listdir(run) if f.startswith(".tmp")] == []
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    run = str(tmp_path / "r")
+    train(_cfg(steps=5), run, progress=False)
+    before = open(os.path.join(run, CHECKPOINT), "rb").read()
+    with pytest.raises(FewstepError, match="--resume"):
+        train(_cfg(steps=5), run, progress=False)
+    with pytest.raises(FewstepError, match="different config.*lr"):
+        train(_cfg(steps=10, lr=0.5), run, resume=True, progress=False)
+    assert open(os.path.join(run, CHECKPOINT), "rb").read() == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_or_truncated_checkpoint_is_one_clear_error(tmp_path, damage):
+    run = str(tmp_path / "r")
+    train(_cfg(steps=5), run, progress=False)
+    path = os.path.join(run, CHECKPOINT)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write({"truncate": data[: len(data) // 2], "garbage": b"not a checkpoint" * 10, "empty": b""}[damage])
+    with pytest.raises(FewstepError, match="corrupt or truncated"):
+        load_model(run)
+
+
+def test_checkpoint_that_does_not_match_the_network(tmp_path):
+    run = str(tmp_path / "r")
+    train(_cfg(steps=5), run, progress=False)
+    cfg_path = os.path.join(run, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["net_kwargs"]["width"] = 32
+    json.dump(cfg, open(cfg_path, "w"))
+    with pytest.raises(FewstepError, match="does not match the network"):
+        load_model(run)
+
+
+def test_missing_checkpoint_and_run(tmp_path):
+    with pytest.raises(FewstepError, match="does not exist"):
+        load_model(str(tmp_path / "nowhere"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FewstepError, match="not found"):
+        load_model(str(tmp_path / "empty"))

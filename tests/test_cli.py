@@ -1,0 +1,88 @@
+"""The command line end to end, and its one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--steps", "40", "--batch", "64", "--set", "net.width=16", "--set", "net.depth=1", "--quiet"]
+
+
+def fewstep(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "fewstep", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def assert_one_line_error(result, *phrases):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for p in phrases:
+        assert p in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    teacher, student = root / "teacher", root / "cd"
+    r = fewstep("train", "edm", "--out", teacher, *TINY)
+    assert r.returncode == 0, r.stderr
+    r = fewstep("train", "cd", "--teacher", teacher, "--out", student, *TINY, "--set", "N=8")
+    assert r.returncode == 0, r.stderr
+    return teacher, student
+
+
+def test_train_and_sample_end_to_end(runs, tmp_path):
+    teacher, student = runs
+    r = fewstep("sample", student, "--steps", "1,2,4", "--n", "300", "--out", tmp_path / "cd")
+    assert r.returncode == 0, r.stderr
+    rows = json.load(open(tmp_path / "cd" / "metrics.json"))
+    assert [row["nfe"] for row in rows] == [1, 2, 4]
+    assert os.path.getsize(tmp_path / "cd" / "samples.png") > 1000
+    r = fewstep("sample", teacher, "--steps", "18", "--n", "300", "--out", tmp_path / "t")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / "t" / "metrics.json"))[0]["nfe"] == 35          # Heun, EDM's 35 NFE
+    cfg = json.load(open(student / "config.json"))
+    assert cfg["method"] == "cd" and cfg["method_kwargs"]["N"] == 8
+
+
+def test_unknown_method(tmp_path):
+    assert_one_line_error(fewstep("train", "gan", "--out", tmp_path / "x"), "unknown method 'gan'", "edm")
+
+
+def test_distillation_without_or_with_a_missing_teacher(tmp_path):
+    assert_one_line_error(fewstep("train", "cd", "--out", tmp_path / "x"), "--teacher")
+    assert_one_line_error(fewstep("train", "cd", "--teacher", tmp_path / "nope", "--out", tmp_path / "x"),
+                          "not found", "fewstep train edm")
+    assert not os.path.exists(tmp_path / "x" / "checkpoint.safetensors")
+
+
+def test_a_consistency_run_is_not_a_teacher(runs, tmp_path):
+    _, student = runs
+    assert_one_line_error(fewstep("train", "cd", "--teacher", student, "--out", tmp_path / "x"), "not a diffusion teacher")
+
+
+def test_impossible_step_lists(runs):
+    teacher, student = runs
+    for bad in ("0", "1,a", "", "-2"):
+        assert_one_line_error(fewstep("sample", student, "--steps", bad), "--steps")
+    assert_one_line_error(fewstep("sample", student, "--tau", "1,80"), "largest")
+    assert_one_line_error(fewstep("sample", student, "--tau", "90,1"), "80")
+
+
+def test_bad_method_option(tmp_path):
+    assert_one_line_error(fewstep("train", "ct", "--out", tmp_path / "x", "--set", "colour=blue"), "no option", "colour")
+
+
+def test_corrupt_checkpoint_via_the_cli(runs, tmp_path):
+    teacher, _ = runs
+    broken = tmp_path / "broken"
+    os.makedirs(broken)
+    for name in ("config.json", "checkpoint.safetensors"):
+        data = open(teacher / name, "rb").read()
+        open(broken / name, "wb").write(data[: len(data) // 3] if name.endswith("safetensors") else data)
+    assert_one_line_error(fewstep("sample", broken, "--steps", "2"), "corrupt or truncated")
