@@ -185,3 +185,9 @@ def test_ct_learns_f(tmp_path):
 def test_ict_learns_f(tmp_path):
     err, swd = _scores(_train("ict", tmp_path, 2000, s1=160, weighting="uniform"))
     assert err < F_ERROR_MAX and swd < SWD_MAX
+
+
+@pytest.mark.slow
+def test_continuous_ct_learns_f(tmp_path):
+    err, swd = _scores(_train("ct-continuous", tmp_path, 1500))
+    assert err < F_ERROR_MAX and swd < SWD_MAX
