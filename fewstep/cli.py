@@ -39,6 +39,13 @@ def apply_sets(cfg_dict, sets):
     return cfg_dict
 
 
+def parse_taus(text):
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise FewstepError(f"--tau must be decreasing numbers separated by commas, like 80,0.8; got {text!r}") from None
+
+
 def cmd_train(args):
     from .train import train
     cfg = {}
@@ -67,7 +74,7 @@ def cmd_sample(args):
     data = build_dataset(cfg)
     out = args.out or os.path.join(args.run, "samples")
     os.makedirs(out, exist_ok=True)
-    taus = [float(t) for t in args.tau.split(",")] if args.tau else None
+    taus = parse_taus(args.tau) if args.tau else None
     rows, panels = [], []
     print(f"{'steps':>5} {'NFE':>5} {'sliced W2':>10} {'f error':>8} {'samples/s':>10}")
     for s in (steps if taus is None else [len(taus)]):

@@ -83,6 +83,8 @@ class TrainConfig:
                 raise FewstepError(f"{name} must be a positive number, got {v!r}")
         if not self.sigma_min < self.sigma_max:
             raise FewstepError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        if self.boundary not in ("scalings", "switch"):
+            raise FewstepError(f"boundary must be 'scalings' (option 2) or 'switch' (option 1), got {self.boundary!r}")
         if not 0 <= self.ema < 1:
             raise FewstepError(f"ema must be in [0, 1), got {self.ema}")
         params = inspect.signature(METHODS[self.method]).parameters

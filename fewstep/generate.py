@@ -33,24 +33,29 @@ def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, c
     """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list)."""
     sampler = sampler or default_sampler(cfg)
     kind = METHODS[cfg.method].precond
-    shape = (n, dim or model.net.dim)
-    if sampler == "consistency":
-        if kind != "consistency":
-            raise FewstepError(f"run trained with {cfg.method!r} is a diffusion model; sample it with "
-                               f"--sampler {' or '.join(sorted(SAMPLERS))}, not consistency")
-        try:
-            taus = torch.as_tensor(taus if taus is not None else consistency_taus(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho),
-                                   dtype=torch.float64)
-            if taus[0] > cfg.sigma_max:
-                raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
-                                 f"start the --tau list at {cfg.sigma_max:g} or below")
-            x = initial_noise(shape, taus[0], generator=generator)
-            return sample_consistency(model, x, taus, sigma_min=cfg.sigma_min, cond=cond, generator=generator), len(taus)
-        except ValueError as e:
-            raise FewstepError(f"{e}") from None
-    if sampler not in SAMPLERS:
+    if n < 1:
+        raise FewstepError(f"the number of samples must be at least 1, got {n}")
+    if (sampler == "consistency") != (kind == "consistency"):
+        raise FewstepError(f"a run trained with {cfg.method!r} samples with --sampler "
+                           + ("consistency" if kind == "consistency" else " or ".join(sorted(SAMPLERS))))
+    if sampler != "consistency" and sampler not in SAMPLERS:
         raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, {', '.join(sorted(SAMPLERS))}")
-    if kind == "vp":
+    try:
+        return _generate(model, cfg, (n, dim or model.net.dim), steps, sampler, taus, generator, cond)
+    except ValueError as e:                         # impossible step lists and schedules, in one line
+        raise FewstepError(str(e)) from None
+
+
+def _generate(model, cfg, shape, steps, sampler, taus, generator, cond):
+    if sampler == "consistency":
+        taus = torch.as_tensor(taus if taus is not None else consistency_taus(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho),
+                               dtype=torch.float64)
+        if taus.numel() and taus[0] > cfg.sigma_max:
+            raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
+                             f"start the --tau list at {cfg.sigma_max:g} or below")
+        x = initial_noise(shape, taus[0], generator=generator)
+        return sample_consistency(model, x, taus, sigma_min=cfg.sigma_min, cond=cond, generator=generator), len(taus)
+    if METHODS[cfg.method].precond == "vp":
         sigmas = vp_sigmas(model.process, steps)
         x = initial_noise(shape, sigmas[0], generator=generator, vp=True)
     else:

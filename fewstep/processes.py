@@ -6,8 +6,6 @@ where the PF-ODE is dx/dsigma = (x - D(x, sigma)) / sigma (seed 000, Karras et a
 brought into those coordinates by `precond.VPPrecond`, so one sampler serves both processes.
 """
 
-import math
-
 import torch
 
 #----------------------------------------------------------------------------
@@ -158,10 +156,4 @@ def make_process(name="ve", **kwargs):
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
     return PROCESSES[name](**kwargs)
-
-
-def vp_alpha_sigma(ve_sigma):
-    """(alpha_t, sigma_t) of the VP process at the VE noise level s: alpha = 1/sqrt(1+s^2)."""
-    alpha = 1 / torch.sqrt(1 + torch.as_tensor(ve_sigma) ** 2)
-    return alpha, alpha * ve_sigma
 

@@ -19,8 +19,8 @@ CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.safetensors", "metrics.
 def build_dataset(cfg):
     try:
         return make_dataset(cfg.data, **cfg.data_kwargs)
-    except TypeError as e:
-        raise FewstepError(f"bad data_kwargs for dataset {cfg.data!r} ({e}); fix --set data_kwargs") from None
+    except (TypeError, ValueError) as e:
+        raise FewstepError(f"bad data options for dataset {cfg.data!r} ({e}); fix the --set data.KEY values") from None
 
 
 def build_model(cfg, data=None):
@@ -30,8 +30,8 @@ def build_model(cfg, data=None):
     net_kwargs = {"dim": data.dim, **cfg.net_kwargs}
     try:
         net = make_net(cfg.net, **net_kwargs)
-    except TypeError as e:
-        raise FewstepError(f"bad net_kwargs for network {cfg.net!r} ({e}); fix --set net_kwargs") from None
+    except (TypeError, ValueError) as e:
+        raise FewstepError(f"bad network options for {cfg.net!r} ({e}); fix the --set net.KEY values") from None
     kind = METHODS[cfg.method].precond
     process = None
     if kind == "vp":

@@ -41,7 +41,7 @@ def build_state(cfg, teacher=None):
     cfg.teacher, unless `teacher` passes a denoiser D(x, sigma, **cond) directly (then cfg.teacher is
     only its label in config.json)."""
     cfg.validate()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)     # the global RNG drives network init and dropout; checkpoints save it
     data = build_dataset(cfg)
     net = build_model(cfg, data).train()
     kwargs = cfg.method_arguments()
@@ -81,6 +81,10 @@ def train_step(state):
 
 
 def save(state, path):
+    """Write the full training state; refuses non-finite weights so a bad run never replaces a good checkpoint."""
+    if not all(torch.isfinite(p).all() for p in state.net.parameters()):
+        raise FewstepError(f"the weights became non-finite by step {state.k}; lower the learning rate "
+                           f"(--lr, now {state.cfg.lr}); the last good checkpoint {path} is kept")
     tensors = {**flatten("net", state.net.state_dict()), **flatten("ema", state.ema.state_dict())}
     if state.target is not None:
         tensors.update(flatten("target", state.target.state_dict()))
@@ -108,20 +112,36 @@ RESUMABLE = {"steps", "log_every", "ckpt_every"}
 
 
 def prepare_run_dir(cfg, run_dir, resume):
-    """Write config.json for a new run, or check that a resumed run keeps its config."""
+    """(resolved cfg, checkpoint to resume or None). Writes config.json for a new run; a resumed run keeps
+    its config (K of the CT/iCT curricula included) except for the fields in RESUMABLE."""
     ckpt = os.path.join(run_dir, CHECKPOINT)
     if os.path.exists(ckpt) and not resume:
         raise FewstepError(f"{run_dir} already holds a trained run; pass --resume to continue it, "
                            "or choose another --out")
-    if resume and os.path.exists(ckpt):
-        old = load_config(run_dir).to_dict()
-        changed = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE)
+    resuming = resume and os.path.exists(ckpt)
+    if resuming:
+        old = load_config(run_dir)
+        if "K" in old.method_kwargs and "K" not in cfg.method_kwargs:
+            cfg = dataclasses.replace(cfg, method_kwargs={**cfg.method_kwargs, "K": old.method_kwargs["K"]})
+    cfg = cfg.resolved()
+    if resuming:
+        changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v and k not in RESUMABLE)
         if changed:
             raise FewstepError(f"--resume with a different config ({', '.join(changed)} changed); "
                                f"resume with the settings in {os.path.join(run_dir, CONFIG)} or use another --out")
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, CONFIG), cfg.to_dict())
-    return ckpt if resume and os.path.exists(ckpt) else None
+    return cfg, ckpt if resuming else None
+
+
+def _drop_metrics_after(run_dir, k):
+    """A resumed run re-logs the steps after its checkpoint: drop the interrupted run's lines for them."""
+    path = os.path.join(run_dir, METRICS)
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["k"] <= k]
+        with open(path, "w") as f:
+            f.writelines(keep)
 
 
 def log_metrics(run_dir, record):
@@ -132,11 +152,11 @@ def log_metrics(run_dir, record):
 def train(cfg, run_dir, resume=False, progress=True, teacher=None):
     """Train cfg into run_dir; returns the final TrainState. Checkpoints every cfg.ckpt_every steps and at
     the end; a failure (bad loss, Ctrl-C) leaves the last checkpoint as it was. `teacher`: see build_state."""
-    cfg = cfg.validate().resolved()
-    ckpt_to_resume = prepare_run_dir(cfg, run_dir, resume)
+    cfg, ckpt_to_resume = prepare_run_dir(cfg.validate(), run_dir, resume)
     state = build_state(cfg, teacher)
     if ckpt_to_resume:
         restore(state, ckpt_to_resume)
+        _drop_metrics_after(run_dir, state.k)
     bar = tqdm(total=cfg.steps, initial=state.k, disable=not progress, desc=f"{cfg.method} {os.path.basename(run_dir)}",
                dynamic_ncols=True, leave=False, mininterval=1.0)
     losses, t0 = [], time.perf_counter()

@@ -117,3 +117,41 @@ def test_missing_checkpoint_and_run(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FewstepError, match="not found"):
         load_model(str(tmp_path / "empty"))
+
+
+def test_extending_steps_on_resume_keeps_the_curriculum(tmp_path):
+    run = str(tmp_path / "r")
+    train(_cfg(steps=10), run, progress=False)
+    state = train(_cfg(steps=20), run, resume=True, progress=False)
+    assert state.k == 20 and state.method.K == 10                 # N(k), mu(k) keep the K the run began with
+    assert json.load(open(os.path.join(run, "config.json")))["method_kwargs"]["K"] == 10
+    ks = [json.loads(line)["k"] for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert ks == sorted(set(ks)) and ks[-1] == 20
+
+
+def test_metrics_are_not_duplicated_after_an_interrupted_run(tmp_path, monkeypatch):
+    real_step = train_module.train_step
+
+    def interrupted(state):
+        if state.k == 17:
+            raise KeyboardInterrupt
+        return real_step(state)
+
+    monkeypatch.setattr(train_module, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(log_every=1), str(tmp_path / "r"), progress=False)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    train(_cfg(log_every=1), str(tmp_path / "r"), resume=True, progress=False)
+    ks = [json.loads(line)["k"] for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert ks == list(range(1, 21))
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    run = str(tmp_path / "r")
+    state = train(_cfg(steps=5), run, progress=False)
+    before = open(os.path.join(run, CHECKPOINT), "rb").read()
+    with torch.no_grad():
+        next(state.net.parameters()).fill_(float("inf"))
+    with pytest.raises(FewstepError, match="non-finite.*last good checkpoint"):
+        save(state, os.path.join(run, CHECKPOINT))
+    assert open(os.path.join(run, CHECKPOINT), "rb").read() == before

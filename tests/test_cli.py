@@ -86,3 +86,18 @@ def test_corrupt_checkpoint_via_the_cli(runs, tmp_path):
         data = open(teacher / name, "rb").read()
         open(broken / name, "wb").write(data[: len(data) // 3] if name.endswith("safetensors") else data)
     assert_one_line_error(fewstep("sample", broken, "--steps", "2"), "corrupt or truncated")
+
+
+@pytest.mark.parametrize("setting, phrase", [("distance=l3", "unknown distance"), ("weighting=cosine", "unknown weighting"),
+                                             ("boundary=foo", "boundary"), ("s0=1", "s0"), ("net.width=abc", "network options")])
+def test_bad_option_values(tmp_path, setting, phrase):
+    assert_one_line_error(fewstep("train", "ct", "--out", tmp_path / "x", "--steps", "3", "--set", setting), phrase)
+    assert not os.path.exists(tmp_path / "x" / "checkpoint.safetensors")
+
+
+def test_bad_sampling_arguments(runs):
+    teacher, student = runs
+    assert_one_line_error(fewstep("sample", student, "--tau", "80,abc"), "--tau")
+    assert_one_line_error(fewstep("sample", student, "--n", "0"), "at least 1")
+    assert_one_line_error(fewstep("sample", student, "--sampler", "heun"), "consistency")
+    assert_one_line_error(fewstep("sample", teacher, "--sampler", "consistency"), "heun")

@@ -83,8 +83,8 @@ def test_distances(name):
     y = torch.zeros_like(x)
     c = 0.00054 * math.sqrt(2)
     want = {"l2": 25.0, "l1": 7.0, "pseudo-huber": math.sqrt(25 + c * c) - c}[name]
-    assert make_distance(name, dim=2)(x, y).item() == pytest.approx(want)
-    assert make_distance(name, dim=2)(x, x).item() == pytest.approx(0.0, abs=1e-12)
+    assert make_distance(name)(x, y).item() == pytest.approx(want)
+    assert make_distance(name)(x, x).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_feature_distance_needs_and_uses_the_feature_net():
@@ -107,6 +107,25 @@ def test_cd_loss_of_the_exact_f_is_the_solver_error():
     assert 45 < loss["heun", 36] / loss["heun", 72] < 100
     wrong = ConsistencyDistillation(D, N=36)(ExactGaussianF(a=0.9), x, target=f, generator=torch.Generator().manual_seed(0)).item()
     assert loss["heun", 36] < 1e-3 * wrong
+
+
+def test_ict_loss_is_lambda_times_pseudo_huber_on_its_curriculum():
+    # For f(x, sigma) = x + a sigma, f(x + s_{i+1} z, s_{i+1}) - f(x + s_i z, s_i) = (s_{i+1} - s_i)(z + a), so
+    # iCT's loss is mean_b [sqrt(ds^2 ||z + a||^2 + c^2) - c] / ds with i ~ p(i) on the N(k) grid, c = 0.00054 sqrt(d).
+    from fewstep.methods import ImprovedConsistencyTraining
+    from fewstep.schedules import cm_timesteps, ict_index_probs, ict_N
+    a = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    f = lambda x, sigma, **c: x + sigma[:, None] * a                                   # noqa: E731
+    x = torch.randn(4096, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    method, k, K = ImprovedConsistencyTraining(K=800), 250, 800
+    loss = method(f, x, k=k, generator=torch.Generator().manual_seed(1)).item()
+    g = torch.Generator().manual_seed(1)
+    sig = cm_timesteps(ict_N(k, K))                                                     # N(250) = 41 points
+    i = torch.multinomial(ict_index_probs(sig), 4096, replacement=True, generator=g)
+    z = torch.randn(x.shape, generator=g).double()
+    ds, c = sig[i + 1] - sig[i], 0.00054 * math.sqrt(3)
+    want = (((ds[:, None] * (z + a)).square().sum(1) + c * c).sqrt() - c) / ds
+    assert len(sig) == 41 and loss == pytest.approx(want.mean().item(), rel=1e-9)
 
 
 def test_continuous_cd_is_zero_for_the_exact_f_only():

@@ -24,18 +24,21 @@ class FeatureDistance:
         return (self.phi(x) - self.phi(y)).square().flatten(1).sum(1)
 
 
-def make_distance(name, dim=None, feature_net=None, c=None):
+def make_distance(name, feature_net=None, c=None):
     """Per-sample distance d(x, y) -> (B,) for CD/CT (seed 000: L2, L1, LPIPS; seed 004: pseudo-Huber
-    sqrt(||x - y||^2 + c^2) - c with c = 0.00054 sqrt(dim) by default)."""
+    sqrt(||x - y||^2 + c^2) - c with c = 0.00054 sqrt(d), d the data dimensionality, unless c is given)."""
     if name == "l2":
         return lambda x, y: (x - y).square().flatten(1).sum(1)
     if name == "l1":
         return lambda x, y: (x - y).abs().flatten(1).sum(1)
     if name == "pseudo-huber":
-        c = pseudo_huber_c(dim) if c is None else c
-        return lambda x, y: ((x - y).square().flatten(1).sum(1) + c ** 2).sqrt() - c
+        return lambda x, y: _pseudo_huber(x - y, pseudo_huber_c(x[0].numel()) if c is None else c)
     if name in ("feature", "lpips"):
         if feature_net is None:
             raise ValueError("distance 'feature' needs feature_net: a network mapping samples to features")
         return FeatureDistance(feature_net)
     raise ValueError(f"unknown distance {name!r}; choose 'l2', 'l1', 'pseudo-huber' or 'feature'")
+
+
+def _pseudo_huber(diff, c):
+    return (diff.square().flatten(1).sum(1) + c ** 2).sqrt() - c

@@ -30,7 +30,7 @@ class ConsistencyDistillation:
             raise ValueError(f"unknown CD solver {solver!r}; choose 'euler' or 'heun'")
         self.teacher, self.N, self.solver, self.mu_value = teacher, N, solver, mu
         self.t = cm_timesteps(N, sigma_min, sigma_max, rho)
-        self.distance, self.feature_net, self.c, self.weighting = distance, feature_net, c, weighting
+        self.d, self.weighting = make_distance(distance, feature_net, c), _check_weighting(weighting)
 
     def mu(self, k):
         return self.mu_value
@@ -39,13 +39,10 @@ class ConsistencyDistillation:
         x, cond = split_batch(batch)
         n = torch.randint(1, self.N, (x.shape[0],), generator=generator)          # 1-based n; t[n] = t_{n+1}
         t_n, t_n1 = _pick(self.t, n - 1, x), _pick(self.t, n, x)
-        z = torch.randn(x.shape, generator=generator, device=x.device)
-        x_t_n1 = x + append_dims(t_n1, x.ndim) * z
+        x_t_n1 = x + append_dims(t_n1, x.ndim) * torch.randn(x.shape, generator=generator, device=x.device)
         with torch.no_grad():
             x_hat_t_n = ode_step(self.teacher, x_t_n1, t_n1, t_n, self.solver, cond)
-            f_target = target(x_hat_t_n, t_n, **cond)
-        d = make_distance(self.distance, x[0].numel(), self.feature_net, self.c)
-        return (_weight(self.weighting, t_n, t_n1) * d(net(x_t_n1, t_n1, **cond), f_target)).mean()
+        return _pair_loss(self, net, target, x_t_n1, t_n1, x_hat_t_n, t_n, cond)
 
 
 class ConsistencyTraining:
@@ -57,9 +54,11 @@ class ConsistencyTraining:
 
     def __init__(self, K, s0=2, s1=150, mu0=0.9, distance="l2", weighting="uniform",
                  sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, feature_net=None, c=None):
+        if not 2 <= s0 <= s1:
+            raise ValueError(f"CT needs 2 <= s0 <= s1 (N(0) = s0 points), got s0={s0}, s1={s1}")
         self.K, self.s0, self.s1, self.mu0 = K, s0, s1, mu0
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
-        self.distance, self.feature_net, self.c, self.weighting = distance, feature_net, c, weighting
+        self.d, self.weighting = make_distance(distance, feature_net, c), _check_weighting(weighting)
 
     def N(self, k):
         return ct_N(k, self.K, self.s0, self.s1)
@@ -85,9 +84,11 @@ class ImprovedConsistencyTraining:
     def __init__(self, K, s0=10, s1=1280, P_mean=-1.1, P_std=2.0, distance="pseudo-huber",
                  weighting="inverse-dsigma", sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
                  feature_net=None, c=None):
+        if not 1 <= s0 <= s1:
+            raise ValueError(f"iCT needs 1 <= s0 <= s1, got s0={s0}, s1={s1}")
         self.K, self.s0, self.s1, self.P_mean, self.P_std = K, s0, s1, P_mean, P_std
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
-        self.distance, self.feature_net, self.c, self.weighting = distance, feature_net, c, weighting
+        self.d, self.weighting = make_distance(distance, feature_net, c), _check_weighting(weighting)
 
     def N(self, k):
         return ict_N(k, self.K, self.s0, self.s1)
@@ -101,22 +102,32 @@ class ImprovedConsistencyTraining:
 
 
 def _ct_pair_loss(method, net, target, x, cond, t_n, t_n1, generator):
-    """lambda d(f_theta(x + t_{n+1} z, t_{n+1}), stopgrad f_target(x + t_n z, t_n)): CT's loss, eq. (10) of seed 000."""
+    """CT's pair (x + t_{n+1} z, x + t_n z) with one z: eq. (10) of seed 000."""
     z = torch.randn(x.shape, generator=generator, device=x.device)
+    return _pair_loss(method, net, target, x + append_dims(t_n1, x.ndim) * z, t_n1,
+                      x + append_dims(t_n, x.ndim) * z, t_n, cond)
+
+
+def _pair_loss(method, net, target, x_n1, t_n1, x_n, t_n, cond):
+    """lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), stopgrad f_target(x_{t_n}, t_n)), averaged over the batch.
+    The target's pass and the student's see the same dropout mask (one RNG state for both)."""
+    rng = torch.get_rng_state()
     with torch.no_grad():
-        f_target = target(x + append_dims(t_n, x.ndim) * z, t_n, **cond)
-    d = make_distance(method.distance, x[0].numel(), method.feature_net, method.c)
-    f = net(x + append_dims(t_n1, x.ndim) * z, t_n1, **cond)
-    return (_weight(method.weighting, t_n, t_n1) * d(f, f_target)).mean()
+        f_target = target(x_n, t_n, **cond)
+    torch.set_rng_state(rng)
+    return (_weight(method.weighting, t_n, t_n1) * method.d(net(x_n1, t_n1, **cond), f_target)).mean()
+
+
+def _check_weighting(name):
+    if name not in ("uniform", "inverse-dsigma"):
+        raise ValueError(f"unknown weighting {name!r}; choose 'uniform' or 'inverse-dsigma'")
+    return name
 
 
 def _weight(name, t_n, t_n1):
     """lambda(t_n): 1 (seed 000's default) or iCT's 1/(sigma_{i+1} - sigma_i) (seed 004)."""
-    if name == "uniform":
-        return torch.ones_like(t_n)
-    if name == "inverse-dsigma":
-        return 1 / (t_n1 - t_n)
-    raise ValueError(f"unknown weighting {name!r}; choose 'uniform' or 'inverse-dsigma'")
+    return torch.ones_like(t_n) if name == "uniform" else 1 / (t_n1 - t_n)
+
 
 #----------------------------------------------------------------------------
 # Continuous-time objectives (seed 000, "Continuous-time objectives"). t is drawn uniformly in
