@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .data import DATASETS
 from .errors import FewstepError
 from .methods import DISTILLATION, METHODS
-from .nets.mlp import NETS
+from .nets import NETS
 
 
 @dataclass
@@ -20,7 +20,9 @@ class TrainConfig:
     init_from_teacher: bool  = True         # Distillation: start the student from the teacher's weights.
     data:              str   = "gmm"        # Dataset, a key of fewstep.data.DATASETS.
     data_kwargs:       dict  = field(default_factory=dict)
-    net:               str   = "mlp"        # Raw network, a key of fewstep.nets.mlp.NETS.
+    cond:              bool  = False        # Class-conditional: feed the dataset's labels to the network.
+    label_dropout:     float = 0.0          # Classifier-free guidance: probability of the null label in training.
+    net:               str   = "mlp"        # Raw network, a key of fewstep.nets.NETS.
     net_kwargs:        dict  = field(default_factory=dict)
     sigma_data:        float = 0.5          # Data standard deviation used by the preconditioning.
     sigma_min:         float = 0.002        # epsilon: the consistency boundary and the grid's lower end.
@@ -32,7 +34,10 @@ class TrainConfig:
     lr:                float = 1e-3         # Adam learning rate.
     ema:               float = 0.999        # Rate of the EMA used for sampling (with a warm-up).
     seed:              int   = 0            # Seeds the network initialisation, the data and the noise.
-    log_every:         int   = 100          # Steps between progress-bar updates and metrics.jsonl lines.
+    streams:           int   = 1            # Data/noise streams of the global batch; torchrun's world size must divide it.
+    device:            str   = "auto"       # "auto" (CUDA when available), "cuda" or "cpu".
+    bf16:              bool  = False        # bfloat16 autocast for the network (samplers stay in float32/64).
+    log_every:         int   = 100          # Steps between progress-bar updates, metrics.jsonl and TensorBoard.
     ckpt_every:        int   = 1000         # Steps between checkpoints (the last step always saves).
 
     def to_dict(self):
@@ -74,17 +79,25 @@ class TrainConfig:
             raise FewstepError(f"unknown dataset {self.data!r}; choose one of: {', '.join(sorted(DATASETS))}")
         if self.net not in NETS:
             raise FewstepError(f"unknown network {self.net!r}; choose one of: {', '.join(sorted(NETS))}")
-        for name in ("steps", "batch", "log_every", "ckpt_every"):
+        for name in ("steps", "batch", "log_every", "ckpt_every", "streams"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise FewstepError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("lr", "sigma_data", "sigma_min", "sigma_max", "rho"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise FewstepError(f"{name} must be a positive number, got {v!r}")
+        if self.batch % self.streams:
+            raise FewstepError(f"batch ({self.batch}) must be a multiple of streams ({self.streams})")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise FewstepError(f"device must be auto, cuda or cpu, got {self.device!r}")
         if not self.sigma_min < self.sigma_max:
             raise FewstepError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
         if self.boundary not in ("scalings", "switch"):
             raise FewstepError(f"boundary must be 'scalings' (option 2) or 'switch' (option 1), got {self.boundary!r}")
+        if not 0 <= self.label_dropout < 1:
+            raise FewstepError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.label_dropout > 0 and not self.cond:
+            raise FewstepError("label_dropout needs a class-conditional run; add --set cond=true")
         if not 0 <= self.ema < 1:
             raise FewstepError(f"ema must be in [0, 1), got {self.ema}")
         params = inspect.signature(METHODS[self.method]).parameters

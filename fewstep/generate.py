@@ -29,8 +29,9 @@ def parse_steps(text):
 
 
 @torch.no_grad()
-def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, dim=None):
-    """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list)."""
+def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, shape=None):
+    """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list).
+    shape: one sample's shape (default: the network's img_shape, or (dim,) for flat data)."""
     sampler = sampler or default_sampler(cfg)
     kind = METHODS[cfg.method].precond
     if n < 1:
@@ -41,7 +42,8 @@ def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, c
     if sampler != "consistency" and sampler not in SAMPLERS:
         raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, {', '.join(sorted(SAMPLERS))}")
     try:
-        return _generate(model, cfg, (n, dim or model.net.dim), steps, sampler, taus, generator, cond)
+        shape = shape or getattr(model.net, "img_shape", None) or (model.net.dim,)
+        return _generate(model, cfg, (n, *shape), steps, sampler, taus, generator, cond)
     except ValueError as e:                         # impossible step lists and schedules, in one line
         raise FewstepError(str(e)) from None
 

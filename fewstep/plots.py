@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 
 def scatter_grid(rows, path, lim=1.6, size=2.2):
@@ -23,6 +24,32 @@ def scatter_grid(rows, path, lim=1.6, size=2.2):
             ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.35, color="C0", rasterized=True)
             ax.set_title(title, fontsize=8)
         axes[r][0].set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def image_grid(images, path, nrow=10):
+    """Save images in [-1, 1], (n, C, H, W), as one PNG grid."""
+    x = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    n, c, h, w = x.shape
+    ncol = (n + nrow - 1) // nrow
+    grid = torch.zeros(c, ncol * (h + 2), nrow * (w + 2), dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, r * (h + 2) + 1:r * (h + 2) + 1 + h, q * (w + 2) + 1:q * (w + 2) + 1 + w] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    from PIL import Image
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
+
+
+def line_plot(x, y, path, xlabel="", ylabel="", title="", logx=True):
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(x, y, "o-")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

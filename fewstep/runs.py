@@ -9,7 +9,8 @@ from .config import TrainConfig
 from .data import make_dataset
 from .errors import FewstepError
 from .methods import METHODS
-from .nets.mlp import make_net
+from .nets import make_net
+from .nets.unet import make_unet
 from .precond import make_precond
 from .processes import VPDiscrete
 
@@ -23,14 +24,28 @@ def build_dataset(cfg):
         raise FewstepError(f"bad data options for dataset {cfg.data!r} ({e}); fix the --set data.KEY values") from None
 
 
+def net_arguments(cfg, data):
+    """The raw network's constructor arguments: the data's shape and classes, then the user's net_kwargs."""
+    if cfg.net == "unet":
+        C, H, W = data.shape
+        kwargs = {"img_resolution": H, "in_channels": C}
+    else:
+        kwargs = {"dim": data.dim}
+    if cfg.cond:
+        kwargs["num_classes"] = data.num_classes
+    return {**kwargs, **cfg.net_kwargs}
+
+
 def build_model(cfg, data=None):
     """The preconditioned model of a config, freshly initialised: raw network inside the wrapper
-    that the method asks for (EDM, VP or consistency)."""
+    that the method asks for (EDM, VP or consistency). net_kwargs may name a U-Net size: config=cpu-tiny."""
     data = data or build_dataset(cfg)
-    net_kwargs = {"dim": data.dim, **cfg.net_kwargs}
+    if cfg.net == "unet" and len(getattr(data, "shape", ())) != 3:
+        raise FewstepError(f"the U-Net needs image data; dataset {cfg.data!r} is flat: use --set net=mlp")
+    kwargs = net_arguments(cfg, data)
     try:
-        net = make_net(cfg.net, **net_kwargs)
-    except (TypeError, ValueError) as e:
+        net = make_unet(kwargs.pop("config"), **kwargs) if "config" in kwargs else make_net(cfg.net, **kwargs)
+    except (TypeError, ValueError, KeyError) as e:
         raise FewstepError(f"bad network options for {cfg.net!r} ({e}); fix the --set net.KEY values") from None
     kind = METHODS[cfg.method].precond
     process = None

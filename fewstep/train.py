@@ -8,17 +8,21 @@ networks, the EMAs, Adam's moments, the data/noise generator and the global RNG 
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import (flatten, load_checkpoint, load_state, optimizer_from_tensors, optimizer_to_tensors,
                          save_checkpoint, unflatten, write_json)
 from .config import TrainConfig
 from .ema import EMA, ema_warmup
 from .errors import FewstepError
+from .guidance import drop_labels
 from .methods import DISTILLATION, METHODS
 from .runs import CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, load_config, load_teacher
 
@@ -32,24 +36,30 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     method: object
     data: object
-    generator: torch.Generator      # data and noise; the global RNG drives dropout only
+    generators: dict                # stream -> generator of its data and noise (the global RNG: init, dropout)
+    dist: distributed.Dist          # this process's rank, world size and device
     k: int = 0                      # training steps taken
 
+    @property
+    def my_streams(self):
+        return range(self.dist.rank, self.cfg.streams, self.dist.world)
 
-def build_state(cfg, teacher=None):
+
+def build_state(cfg, teacher=None, dist_info=None):
     """Everything a run needs, freshly initialised from cfg. Distillation loads the teacher run
     cfg.teacher, unless `teacher` passes a denoiser D(x, sigma, **cond) directly (then cfg.teacher is
     only its label in config.json)."""
     cfg.validate()
+    dist_info = dist_info or distributed.Dist()
     torch.manual_seed(cfg.seed)     # the global RNG drives network init and dropout; checkpoints save it
     data = build_dataset(cfg)
-    net = build_model(cfg, data).train()
+    net = build_model(cfg, data).train().to(dist_info.device)
     kwargs = cfg.method_arguments()
     if cfg.method in DISTILLATION and teacher is not None:
         kwargs["teacher"] = teacher
     elif cfg.method in DISTILLATION:
         teacher, teacher_cfg = load_teacher(cfg.teacher)
-        kwargs["teacher"] = teacher
+        kwargs["teacher"] = teacher.to(dist_info.device)
         if cfg.init_from_teacher and METHODS[teacher_cfg.method].precond == "edm":
             load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
     try:
@@ -57,31 +67,60 @@ def build_state(cfg, teacher=None):
     except (TypeError, ValueError) as e:
         raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
     target = EMA(net, method.mu) if method.uses_target else None
+    generators = {r: torch.Generator().manual_seed(cfg.seed + 1 + r) for r in range(cfg.streams)}
     return TrainState(cfg=cfg, net=net, ema=EMA(net, functools.partial(ema_warmup, cfg.ema)), target=target,
                       optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr), method=method, data=data,
-                      generator=torch.Generator().manual_seed(cfg.seed + 1))
+                      generators=generators, dist=dist_info)
+
+
+def prepare_batch(state, batch, generator):
+    """Move the batch to the device; keep the labels of a class-conditional run (dropping some to the
+    null label for classifier-free guidance) and strip them from an unconditional one."""
+    if not isinstance(batch, dict):
+        if state.cfg.cond:
+            raise FewstepError(f"dataset {state.cfg.data!r} has no class labels; drop --set cond=true")
+        return batch.to(state.dist.device)
+    if not state.cfg.cond:
+        return batch["x"].to(state.dist.device)
+    labels = drop_labels(batch["class_labels"], state.cfg.label_dropout, state.data.num_classes, generator)
+    return {**{k: v.to(state.dist.device) for k, v in batch.items()}, "class_labels": labels.to(state.dist.device)}
 
 
 def train_step(state):
-    """One step of Algorithms 2/3 (or a teacher's loss): loss, Adam update, then the EMA updates."""
-    batch = state.data.sample(state.cfg.batch, state.generator)
-    target = state.target.module if state.target is not None else None
-    loss = state.method(state.net, batch, target=target, k=state.k, generator=state.generator)
-    if not torch.isfinite(loss):
-        raise FewstepError(f"the loss became {loss.item()} at step {state.k}; lower the learning rate "
-                           f"(--lr, now {state.cfg.lr}) or check the data; the last good checkpoint is kept")
+    """One step of Algorithms 2/3 (or a teacher's loss) over this process's streams: losses, gradients
+    summed over all streams and processes, Adam update, then the EMA updates."""
+    cfg, target = state.cfg, (state.target.module if state.target is not None else None)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for r in state.my_streams:
+        g = state.generators[r]
+        batch = prepare_batch(state, state.data.sample(cfg.batch // cfg.streams, g), g)
+        with torch.autocast(state.dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = state.method(state.net, batch, target=target, k=state.k, generator=g) / cfg.streams
+        loss.backward()
+        total += loss.item()
+    total = distributed.all_reduce_sum(total, state.dist.world, state.dist.device)
+    if not math.isfinite(total):
+        raise FewstepError(f"the loss became {total} at step {state.k}; lower the learning rate "
+                           f"(--lr, now {cfg.lr}) or check the data; the last good checkpoint is kept")
+    distributed.all_reduce_grads(state.net.parameters(), state.dist.world)
     state.optimizer.step()
     if state.target is not None:
         state.target.update(state.net, state.k)
     state.ema.update(state.net, state.k)
     state.k += 1
-    return loss.item()
+    return total
 
 
 def save(state, path):
-    """Write the full training state; refuses non-finite weights so a bad run never replaces a good checkpoint."""
+    """Write the full training state (rank 0 writes; every rank takes part in gathering the streams'
+    generators). Refuses non-finite weights so a bad run never replaces a good checkpoint."""
+    distributed.check_in_sync(state.net.parameters(), state.dist.world)
+    gens = {}
+    for part in distributed.gather_objects({r: state.generators[r].get_state() for r in state.my_streams}, state.dist.world):
+        gens.update(part)
+    if not state.dist.main:
+        return
     if not all(torch.isfinite(p).all() for p in state.net.parameters()):
         raise FewstepError(f"the weights became non-finite by step {state.k}; lower the learning rate "
                            f"(--lr, now {state.cfg.lr}); the last good checkpoint {path} is kept")
@@ -91,8 +130,9 @@ def save(state, path):
     optim_tensors, optim_meta = optimizer_to_tensors(state.optimizer)
     tensors.update(optim_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.data"] = state.generator.get_state()
-    save_checkpoint(path, tensors, {"k": state.k, "optimizer": optim_meta, "config": state.cfg.to_dict()})
+    tensors.update({f"rng.stream.{r}": s for r, s in gens.items()})
+    save_checkpoint(path, tensors, {"k": state.k, "optimizer": optim_meta, "config": state.cfg.to_dict(),
+                                    "world": state.dist.world})
 
 
 def restore(state, path):
@@ -103,12 +143,13 @@ def restore(state, path):
         load_state(state.target.module, unflatten("target", tensors), path)
     state.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
     torch.set_rng_state(tensors["rng.torch"])
-    state.generator.set_state(tensors["rng.data"])
+    for r, g in state.generators.items():
+        g.set_state(tensors[f"rng.stream.{r}"])
     state.k = meta["k"]
 
 
 # Fields that may change when a run is resumed; any other change would make it a different run.
-RESUMABLE = {"steps", "log_every", "ckpt_every"}
+RESUMABLE = {"steps", "log_every", "ckpt_every", "device", "bf16"}
 
 
 def prepare_run_dir(cfg, run_dir, resume):
@@ -150,29 +191,49 @@ def log_metrics(run_dir, record):
 
 
 def train(cfg, run_dir, resume=False, progress=True, teacher=None):
-    """Train cfg into run_dir; returns the final TrainState. Checkpoints every cfg.ckpt_every steps and at
-    the end; a failure (bad loss, Ctrl-C) leaves the last checkpoint as it was. `teacher`: see build_state."""
-    cfg, ckpt_to_resume = prepare_run_dir(cfg.validate(), run_dir, resume)
-    state = build_state(cfg, teacher)
+    """Train cfg into run_dir; returns the final TrainState. Under torchrun every rank calls this and
+    rank 0 writes. Checkpoints every cfg.ckpt_every steps and at the end; a failure (bad loss, Ctrl-C)
+    leaves the last checkpoint as it was. `teacher`: see build_state."""
+    dist_info = distributed.init(cfg.device)
+    if cfg.streams % dist_info.world:
+        raise FewstepError(f"{dist_info.world} processes cannot share {cfg.streams} streams; launch a number "
+                           f"of processes that divides --set streams (or set streams to a multiple of {dist_info.world})")
+    if dist_info.main:
+        cfg, ckpt_to_resume = prepare_run_dir(cfg.validate(), run_dir, resume)
+    distributed.barrier(dist_info.world)
+    if not dist_info.main:
+        cfg, ckpt_to_resume = load_config(run_dir), (os.path.join(run_dir, CHECKPOINT) if resume else None)
+        ckpt_to_resume = ckpt_to_resume if ckpt_to_resume and os.path.exists(ckpt_to_resume) else None
+    state = build_state(cfg, teacher, dist_info)
     if ckpt_to_resume:
         restore(state, ckpt_to_resume)
-        _drop_metrics_after(run_dir, state.k)
-    bar = tqdm(total=cfg.steps, initial=state.k, disable=not progress, desc=f"{cfg.method} {os.path.basename(run_dir)}",
-               dynamic_ncols=True, leave=False, mininterval=1.0)
-    losses, t0 = [], time.perf_counter()
-    while state.k < cfg.steps:
-        losses.append(train_step(state))
-        bar.update(1)
-        if state.k % cfg.log_every == 0 or state.k == cfg.steps:
-            _log(state, run_dir, losses, time.perf_counter() - t0, bar)
-            losses, t0 = [], time.perf_counter()
-        if state.k % cfg.ckpt_every == 0 or state.k == cfg.steps:
-            save(state, os.path.join(run_dir, CHECKPOINT))
-    bar.close()
+        if dist_info.main:
+            _drop_metrics_after(run_dir, state.k)
+    writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=state.k + 1) if dist_info.main else None
+    bar = tqdm(total=cfg.steps, initial=state.k, disable=not (progress and dist_info.main), dynamic_ncols=True,
+               desc=f"{cfg.method} {os.path.basename(run_dir)}", leave=False, mininterval=1.0)
+    try:
+        _loop(state, run_dir, bar, writer)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
     return state
 
 
-def _log(state, run_dir, losses, seconds, bar):
+def _loop(state, run_dir, bar, writer):
+    cfg, losses, t0 = state.cfg, [], time.perf_counter()
+    while state.k < cfg.steps:
+        losses.append(train_step(state))
+        bar.update(1)
+        if (state.k % cfg.log_every == 0 or state.k == cfg.steps) and state.dist.main:
+            _log(state, run_dir, losses, time.perf_counter() - t0, bar, writer)
+            losses, t0 = [], time.perf_counter()
+        if state.k % cfg.ckpt_every == 0 or state.k == cfg.steps:
+            save(state, os.path.join(run_dir, CHECKPOINT))
+
+
+def _log(state, run_dir, losses, seconds, bar, writer):
     record = {"k": state.k, "loss": sum(losses) / len(losses), "sec_per_step": seconds / len(losses),
               "samples_per_sec": state.cfg.batch * len(losses) / max(seconds, 1e-9)}
     if state.target is not None:
@@ -180,4 +241,7 @@ def _log(state, run_dir, losses, seconds, bar):
     if hasattr(state.method, "N"):
         record["N"] = state.method.N(state.k) if callable(state.method.N) else state.method.N
     log_metrics(run_dir, record)
+    for key, value in record.items():
+        if key != "k":
+            writer.add_scalar(f"train/{key}", value, state.k)
     bar.set_postfix(loss=f"{record['loss']:.4g}", it_s=f"{1 / max(record['sec_per_step'], 1e-9):.0f}")

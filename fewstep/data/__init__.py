@@ -1,2 +1,15 @@
 """Datasets. Each has `sample(n, generator)`; `make_dataset(name, **kwargs)` builds one by name."""
-from .toy2d import DATASETS, GaussianMixture, make_dataset  # noqa: F401
+from .images import FashionMNIST, ImageFolder, read_idx  # noqa: F401
+from .toy2d import TOY_DATASETS, GaussianMixture  # noqa: F401
+
+DATASETS = {
+    **TOY_DATASETS,                  # 2-D toys generated in-process (fewstep.data.toy2d)
+    "fashion-mnist": FashionMNIST,   # 1 x 28 x 28, 10 classes; split=, root=, pad_to=
+    "folder": ImageFolder,           # any folder of PNG/JPEG; root=, resolution=, channels=
+}
+
+
+def make_dataset(name="gmm", **kwargs):
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name](**kwargs)

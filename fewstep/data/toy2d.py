@@ -129,7 +129,7 @@ class Spiral:
         return (x + self.noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
 
 
-DATASETS = {
+TOY_DATASETS = {
     "gmm": gmm_ring,             # 8-mode ring: the default, with a closed-form denoiser
     "gmm-grid": gmm_grid,
     "gaussian": gaussian,        # one Gaussian: closed-form PF-ODE and consistency function
@@ -137,9 +137,3 @@ DATASETS = {
     "checkerboard": Checkerboard,
     "spiral": Spiral,
 }
-
-
-def make_dataset(name="gmm", **kwargs):
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name](**kwargs)

@@ -5,6 +5,12 @@ import torch
 from ..schedules import pseudo_huber_c
 
 
+def randn_like(x, generator=None):
+    """Standard normal noise shaped like x, drawn from `generator` on the CPU (the training loop's
+    generators live there so runs are reproducible on any device) and moved to x's device and dtype."""
+    return torch.randn(x.shape, generator=generator).to(x)
+
+
 def split_batch(batch):
     """A batch is a data tensor or a dict {"x": tensor, **cond}; returns (x, cond)."""
     if isinstance(batch, dict):

@@ -9,7 +9,7 @@ from ..precond import append_dims
 from ..sampling import ode_step
 from ..schedules import (RHO, SIGMA_MAX, SIGMA_MIN, cm_timesteps, ct_mu, ct_N, ict_index_probs, ict_N,
                          sample_karras_uniform)
-from .common import make_distance, split_batch
+from .common import make_distance, randn_like, split_batch
 
 
 def _pick(grid, n, y):
@@ -39,7 +39,7 @@ class ConsistencyDistillation:
         x, cond = split_batch(batch)
         n = torch.randint(1, self.N, (x.shape[0],), generator=generator)          # 1-based n; t[n] = t_{n+1}
         t_n, t_n1 = _pick(self.t, n - 1, x), _pick(self.t, n, x)
-        x_t_n1 = x + append_dims(t_n1, x.ndim) * torch.randn(x.shape, generator=generator, device=x.device)
+        x_t_n1 = x + append_dims(t_n1, x.ndim) * randn_like(x, generator)
         with torch.no_grad():
             x_hat_t_n = ode_step(self.teacher, x_t_n1, t_n1, t_n, self.solver, cond)
         return _pair_loss(self, net, target, x_t_n1, t_n1, x_hat_t_n, t_n, cond)
@@ -103,7 +103,7 @@ class ImprovedConsistencyTraining:
 
 def _ct_pair_loss(method, net, target, x, cond, t_n, t_n1, generator):
     """CT's pair (x + t_{n+1} z, x + t_n z) with one z: eq. (10) of seed 000."""
-    z = torch.randn(x.shape, generator=generator, device=x.device)
+    z = randn_like(x, generator)
     return _pair_loss(method, net, target, x + append_dims(t_n1, x.ndim) * z, t_n1,
                       x + append_dims(t_n, x.ndim) * z, t_n, cond)
 
@@ -111,10 +111,8 @@ def _ct_pair_loss(method, net, target, x, cond, t_n, t_n1, generator):
 def _pair_loss(method, net, target, x_n1, t_n1, x_n, t_n, cond):
     """lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), stopgrad f_target(x_{t_n}, t_n)), averaged over the batch.
     The target's pass and the student's see the same dropout mask (one RNG state for both)."""
-    rng = torch.get_rng_state()
-    with torch.no_grad():
+    with torch.random.fork_rng(devices=[x_n.device] if x_n.device.type == "cuda" else []), torch.no_grad():
         f_target = target(x_n, t_n, **cond)
-    torch.set_rng_state(rng)
     return (_weight(method.weighting, t_n, t_n1) * method.d(net(x_n1, t_n1, **cond), f_target)).mean()
 
 
@@ -153,7 +151,7 @@ class ContinuousCD:
     def __call__(self, net, batch, *, target=None, k=0, generator=None):
         x, cond = split_batch(batch)
         t = sample_karras_uniform(x.shape[0], generator, self.sigma_min, self.sigma_max, self.rho).to(x)
-        x_t = x + append_dims(t, x.ndim) * torch.randn(x.shape, generator=generator, device=x.device)
+        x_t = x + append_dims(t, x.ndim) * randn_like(x, generator)
         with torch.no_grad():
             dx_dt = (x_t - self.teacher(x_t, t, **cond)) / append_dims(t, x.ndim)
         _, df_dt = _total_derivative(net, x_t, t, dx_dt, cond)
@@ -174,7 +172,7 @@ class ContinuousCT:
     def __call__(self, net, batch, *, target=None, k=0, generator=None):
         x, cond = split_batch(batch)
         t = sample_karras_uniform(x.shape[0], generator, self.sigma_min, self.sigma_max, self.rho).to(x)
-        z = torch.randn(x.shape, generator=generator, device=x.device)
+        z = randn_like(x, generator)
         x_t = x + append_dims(t, x.ndim) * z                         # (x_t - x) / t = z
         with torch.no_grad():
             _, df_dt = _total_derivative(net, x_t, t, z, cond)

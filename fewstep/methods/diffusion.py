@@ -5,7 +5,7 @@ import torch
 from ..precond import append_dims
 from ..processes import VPDiscrete
 from ..schedules import SIGMA_DATA
-from .common import split_batch
+from .common import randn_like, split_batch
 
 
 class EDMLoss:
@@ -20,10 +20,10 @@ class EDMLoss:
 
     def __call__(self, net, batch, *, generator=None, **_):
         y, cond = split_batch(batch)
-        rnd = torch.randn(y.shape[0], generator=generator, device=y.device)
+        rnd = torch.randn(y.shape[0], generator=generator).to(y)
         sigma = (rnd * self.P_std + self.P_mean).exp()
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
-        n = torch.randn(y.shape, generator=generator, device=y.device) * append_dims(sigma, y.ndim)
+        n = randn_like(y, generator) * append_dims(sigma, y.ndim)
         D = net(y + n, sigma, **cond)
         return (weight * (D - y).square().flatten(1).sum(1)).mean()
 
@@ -42,7 +42,7 @@ class DDPMLoss:
         y, cond = split_batch(batch)
         t = torch.randint(1, self.process.T + 1, (y.shape[0],), generator=generator)
         s = append_dims(self.process.ve_sigma(t).to(y), y.ndim)
-        eps = torch.randn(y.shape, generator=generator, device=y.device)
+        eps = randn_like(y, generator)
         x = y + s * eps                                             # = x_t / alpha_t
         eps_hat = (x - net(x, s.flatten(), **cond)) / s
         return (eps_hat - eps).square().flatten(1).sum(1).mean()

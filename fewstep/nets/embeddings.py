@@ -1,0 +1,35 @@
+"""Noise-level embeddings shared by the raw networks: c_noise (B,) -> features (B, num_channels)."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class FourierEmbedding(nn.Module):
+    """Random Fourier features of c_noise with frequencies ~ N(0, scale^2) (iCT: a smaller scale makes
+    the embedding less sensitive to the noise level, seed 004). Frequencies are a fixed buffer drawn
+    from a seeded generator, so every network built with the same config has the same embedding."""
+
+    def __init__(self, num_channels, scale=16.0, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(num_channels // 2, generator=g) * scale)
+
+    def forward(self, c):
+        x = c.to(self.freqs.dtype)[:, None] * (2 * math.pi * self.freqs)[None]
+        return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+class PositionalEmbedding(nn.Module):
+    """Transformer sinusoidal embedding of scale * c_noise (DDPM's timestep embedding)."""
+
+    def __init__(self, num_channels, scale=1000.0, max_positions=10000):
+        super().__init__()
+        self.num_channels, self.scale, self.max_positions = num_channels, scale, max_positions
+
+    def forward(self, c):
+        half = self.num_channels // 2
+        freqs = (1 / self.max_positions) ** (torch.arange(half, dtype=torch.float32, device=c.device) / half)
+        x = (self.scale * c.float())[:, None] * freqs[None]
+        return torch.cat([x.cos(), x.sin()], dim=1)
