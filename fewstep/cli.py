@@ -53,7 +53,7 @@ def cmd_train(args):
         from .checkpoint import read_json
         cfg = read_json(args.config, "config file")
     cfg["method"] = args.method
-    for name in ("teacher", "data", "steps", "batch", "lr", "seed", "ema"):
+    for name in ("teacher", "data", "net", "steps", "batch", "lr", "seed", "ema"):
         if getattr(args, name) is not None:
             cfg[name] = getattr(args, name)
     if cfg.get("teacher"):
@@ -97,6 +97,25 @@ def cmd_sample(args):
     print(f"wrote {out}/samples.png, metrics.json and steps*.pt")
 
 
+def cmd_eval(args):
+    from .evaluate import evaluate
+    from .generate import parse_steps
+    evaluate(args.run, parse_steps(args.steps), n=args.n, sampler=args.sampler, guidance=args.guidance,
+             seed=args.seed, out=args.out, progress=not args.quiet)
+
+
+def cmd_train_classifier(args):
+    from .metrics.features import train_feature_classifier
+    acc = train_feature_classifier(args.out, epochs=args.epochs, progress=not args.quiet)
+    print(f"test accuracy {acc:.4f} -> {args.out}")
+
+
+def cmd_bench(args):
+    from .bench import run_bench
+    budget = {k: int(v) for k, v in (item.split("=") for item in args.budget.split(","))} if args.budget else None
+    run_bench(args.out, budget=budget, methods=args.methods.split(","), n=args.n, write_docs=args.write_docs)
+
+
 def cmd_demo(args):
     from .demo import run_demo
     run_demo(args.out, fast=args.fast)
@@ -111,7 +130,9 @@ def build_parser():
     t.add_argument("method", help=f"one of: {', '.join(METHODS)}")
     t.add_argument("--out", required=True, help="run folder to write (config.json, checkpoint.safetensors, metrics.jsonl)")
     t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous)")
-    t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral")
+    t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral, "
+                   "fashion-mnist, folder (--set data.root=DIR)")
+    t.add_argument("--net", help="raw network: mlp (default) or unet (images; --set net.config=cpu-tiny|cpu|gpu)")
     t.add_argument("--steps", type=int, help="training steps (default 4000)")
     t.add_argument("--batch", type=int, help="batch size (default 512)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -134,6 +155,32 @@ def build_parser():
     s.add_argument("--which", default="ema", choices=["ema", "net", "target"], help="which weights (default ema)")
     s.add_argument("--out", help="output folder (default RUN/samples)")
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="image runs: FD, precision/recall and images/s against NFE")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
+    e.add_argument("--n", type=int, default=10000, help="samples per step count (default 10000)")
+    e.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm (teachers)")
+    e.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale w (conditional runs)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="output folder (default RUN/eval)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier used by eval")
+    from .metrics.features import FMNIST_CLASSIFIER
+    c.add_argument("--out", default=FMNIST_CLASSIFIER)
+    c.add_argument("--epochs", type=int, default=2)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_train_classifier)
+
+    b = sub.add_parser("bench", help="Fashion-MNIST: teacher, CD, CT, iCT under one CPU budget; FD/precision/recall vs NFE")
+    b.add_argument("--out", default="bench_out")
+    b.add_argument("--methods", default="teacher,cd,ct,ict", help="which runs (teacher is needed by cd)")
+    b.add_argument("--budget", help="training steps, e.g. teacher=1500,cd=600,ct=1500,ict=1500")
+    b.add_argument("--n", type=int, default=2000, help="samples per row (default 2000)")
+    b.add_argument("--write-docs", metavar="FILE", help="append the table to FILE (docs/BENCHMARKS.md)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="the 2-D demo: teacher, CD, CT and iCT, sampled at 1/2/4 steps")
     d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

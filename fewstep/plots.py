@@ -53,3 +53,16 @@ def line_plot(x, y, path, xlabel="", ylabel="", title="", logx=True):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def fd_vs_nfe_plot(rows, path):
+    """FD against NFE, one line per model (rows: dicts with model, nfe, fd)."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        pts = sorted((r["nfe"], r["fd"]) for r in rows if r["model"] == model)
+        ax.plot(*zip(*pts), "o-", label=model)
+    ax.set_xscale("log"), ax.set_xlabel("NFE"), ax.set_ylabel("FD (classifier features)")
+    ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
