@@ -5,7 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo demo-fmnist bench test venv data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +17,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Fashion-MNIST from Debian's package (the image tests skip without it; demo-fmnist and bench need it).
+data:
+	@test -d $(FMNIST) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
+	  || echo "Fashion-MNIST is missing: run sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+
 demo: $(STAMP)
 	$(PY) -m fewstep demo --out demo_out
 
-test: $(STAMP)
+demo-fmnist: $(STAMP) data
+	$(PY) -m fewstep bench --methods teacher,cd --out demo_fmnist
+
+bench: $(STAMP) data
+	$(PY) -m fewstep bench --out bench_out
+
+test: $(STAMP) data
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out demo_fmnist bench_out .pytest_cache

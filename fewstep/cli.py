@@ -101,7 +101,7 @@ def cmd_eval(args):
     from .evaluate import evaluate
     from .generate import parse_steps
     evaluate(args.run, parse_steps(args.steps), n=args.n, sampler=args.sampler, guidance=args.guidance,
-             seed=args.seed, out=args.out, progress=not args.quiet)
+             classifier_run=args.classifier, seed=args.seed, out=args.out, progress=not args.quiet)
 
 
 def cmd_train_classifier(args):
@@ -161,7 +161,9 @@ def build_parser():
     e.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
     e.add_argument("--n", type=int, default=10000, help="samples per step count (default 10000)")
     e.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm (teachers)")
-    e.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale w (conditional runs)")
+    e.add_argument("--guidance", type=float, default=0.0, help="guidance scale w: classifier-free for conditional "
+                   "runs, or classifier guidance with --classifier")
+    e.add_argument("--classifier", help="run folder of a noise-conditional classifier (fewstep train classifier ...)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="output folder (default RUN/eval)")
     e.add_argument("--quiet", action="store_true")

@@ -22,6 +22,7 @@ class TrainConfig:
     data_kwargs:       dict  = field(default_factory=dict)
     cond:              bool  = False        # Class-conditional: feed the dataset's labels to the network.
     label_dropout:     float = 0.0          # Classifier-free guidance: probability of the null label in training.
+    teacher_guidance:  float = 0.0          # Distillation: CFG scale w of the teacher, (w+1) D_c - w D_u (seed 002).
     net:               str   = "mlp"        # Raw network, a key of fewstep.nets.NETS.
     net_kwargs:        dict  = field(default_factory=dict)
     sigma_data:        float = 0.5          # Data standard deviation used by the preconditioning.
@@ -98,6 +99,11 @@ class TrainConfig:
             raise FewstepError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.label_dropout > 0 and not self.cond:
             raise FewstepError("label_dropout needs a class-conditional run; add --set cond=true")
+        if (self.method == "classifier") != (self.net == "classifier") or (self.method == "classifier" and not self.cond):
+            raise FewstepError("a guidance classifier trains with: fewstep train classifier --net classifier --set cond=true")
+        if self.teacher_guidance and not (self.cond and self.method in DISTILLATION):
+            raise FewstepError("teacher_guidance needs a class-conditional distillation run (cd, cd-continuous) "
+                               "with --set cond=true")
         if not 0 <= self.ema < 1:
             raise FewstepError(f"ema must be in [0, 1), got {self.ema}")
         params = inspect.signature(METHODS[self.method]).parameters

@@ -14,7 +14,7 @@ import torch
 from .data.images import FashionMNIST
 from .errors import FewstepError
 from .generate import generate
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .metrics.fd import extract_features, fd_from_features
 from .metrics.features import load_feature_net
 from .metrics.precision_recall import precision_recall
@@ -35,25 +35,35 @@ def crop_to(x, size):
 
 
 @torch.no_grad()
-def sample_images(model, cfg, n, steps, *, sampler=None, guidance=0.0, batch=500, seed=0):
-    """(images in [-1, 1], NFE, images/s): n samples in batches, class labels balanced when conditional."""
+def sample_images(model, cfg, n, steps, *, sampler=None, guidance=0.0, classifier=None, batch=500, seed=0):
+    """(images in [-1, 1], NFE, images/s): n samples in batches, class labels balanced when conditional.
+    guidance w: classifier-free for a conditional run, or classifier guidance with `classifier`."""
     g = torch.Generator().manual_seed(seed)
-    shape, num_classes = model.net.img_shape, model.net.num_classes
-    if cfg.cond and guidance:
+    shape = model.net.img_shape
+    num_classes = classifier.num_classes if classifier is not None else model.net.num_classes
+    if classifier is not None:
+        model = ClassifierGuidance(model, classifier, guidance)
+    elif cfg.cond and guidance:
         model = ClassifierFreeGuidance(model, guidance, null_label=num_classes)
     out, t0, nfe = [], time.perf_counter(), 0
     for i in range(0, n, batch):
         m = min(batch, n - i)
-        cond = {"class_labels": torch.arange(i, i + m) % num_classes} if cfg.cond else None
+        cond = {"class_labels": torch.arange(i, i + m) % num_classes} if cfg.cond or classifier is not None else None
         x, nfe = generate(model, cfg, m, steps, sampler=sampler, generator=g, cond=cond, shape=shape)
         out.append(x.clamp(-1, 1))
     return torch.cat(out), nfe, n / (time.perf_counter() - t0)
 
 
-def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, seed=0, out=None, progress=True):
+def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=None, seed=0, out=None, progress=True):
     """Rows {steps, nfe, fd, precision, recall, images_per_sec} for each step count; writes the outputs."""
     model, cfg = load_model(run)
-    if not hasattr(model.net, "img_shape"):
+    classifier = load_model(classifier_run)[0] if classifier_run else None
+    if cfg.method == "classifier":
+        raise FewstepError(f"run {run} is a guidance classifier, not a generator; evaluate a teacher with "
+                           f"--classifier {run} --guidance W")
+    if not cfg.cond and classifier is None and guidance:
+        raise FewstepError("--guidance needs a class-conditional run (cond=true, label_dropout > 0) or --classifier RUN")
+    if not hasattr(getattr(model, "net", None), "img_shape"):
         raise FewstepError(f"run {run} is not an image model; fewstep eval measures image runs "
                            "(use fewstep sample for 2-D runs)")
     data = build_dataset(cfg)
@@ -63,7 +73,7 @@ def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, seed=0, out=None, 
     os.makedirs(out, exist_ok=True)
     rows = []
     for s in steps:
-        x, nfe, rate = sample_images(model, cfg, n, s, sampler=sampler, guidance=guidance, seed=seed)
+        x, nfe, rate = sample_images(model, cfg, n, s, sampler=sampler, guidance=guidance, classifier=classifier, seed=seed)
         feats = extract_features(feature_net, crop_to(x, 28), progress=progress)
         pr = precision_recall(ref, feats, k=3)
         rows.append({"steps": s, "nfe": nfe, "fd": fd_from_features(feats, ref), **pr, "images_per_sec": rate})

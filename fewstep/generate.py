@@ -32,8 +32,11 @@ def parse_steps(text):
 def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, shape=None):
     """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list).
     shape: one sample's shape (default: the network's img_shape, or (dim,) for flat data)."""
-    sampler = sampler or default_sampler(cfg)
     kind = METHODS[cfg.method].precond
+    if kind == "none":
+        raise FewstepError(f"a {cfg.method!r} run is not a generator; use it for guidance: "
+                           "fewstep eval TEACHER_RUN --classifier RUN --guidance W")
+    sampler = sampler or default_sampler(cfg)
     if n < 1:
         raise FewstepError(f"the number of samples must be at least 1, got {n}")
     if (sampler == "consistency") != (kind == "consistency"):
@@ -49,18 +52,19 @@ def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, c
 
 
 def _generate(model, cfg, shape, steps, sampler, taus, generator, cond):
+    device = next(model.parameters()).device
     if sampler == "consistency":
         taus = torch.as_tensor(taus if taus is not None else consistency_taus(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho),
                                dtype=torch.float64)
         if taus.numel() and taus[0] > cfg.sigma_max:
             raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
                              f"start the --tau list at {cfg.sigma_max:g} or below")
-        x = initial_noise(shape, taus[0], generator=generator)
+        x = initial_noise(shape, taus[0], generator=generator, device=device)
         return sample_consistency(model, x, taus, sigma_min=cfg.sigma_min, cond=cond, generator=generator), len(taus)
     if METHODS[cfg.method].precond == "vp":
         sigmas = vp_sigmas(model.process, steps)
-        x = initial_noise(shape, sigmas[0], generator=generator, vp=True)
+        x = initial_noise(shape, sigmas[0], generator=generator, vp=True, device=device)
     else:
         sigmas = append_zero(karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho))
-        x = initial_noise(shape, sigmas[0], generator=generator)
+        x = initial_noise(shape, sigmas[0], generator=generator, device=device)
     return SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=generator), nfe(sampler, sigmas)

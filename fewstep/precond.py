@@ -106,4 +106,6 @@ def make_precond(kind, net, *, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN, proce
         return VPPrecond(net, process)
     if kind == "consistency":
         return ConsistencyPrecond(net, sigma_data, sigma_min, boundary)
-    raise ValueError(f"unknown preconditioning {kind!r}; choose 'edm', 'vp' or 'consistency'")
+    if kind == "none":                      # the raw network is the model (the guidance classifier)
+        return net
+    raise ValueError(f"unknown preconditioning {kind!r}; choose 'edm', 'vp', 'consistency' or 'none'")

@@ -29,6 +29,8 @@ def net_arguments(cfg, data):
     if cfg.net == "unet":
         C, H, W = data.shape
         kwargs = {"img_resolution": H, "in_channels": C}
+    elif cfg.net == "classifier":
+        kwargs = {"in_channels": data.shape[0], "noise_conditional": METHODS[cfg.method].precond == "none"}
     else:
         kwargs = {"dim": data.dim}
     if cfg.cond:
@@ -40,8 +42,8 @@ def build_model(cfg, data=None):
     """The preconditioned model of a config, freshly initialised: raw network inside the wrapper
     that the method asks for (EDM, VP or consistency). net_kwargs may name a U-Net size: config=cpu-tiny."""
     data = data or build_dataset(cfg)
-    if cfg.net == "unet" and len(getattr(data, "shape", ())) != 3:
-        raise FewstepError(f"the U-Net needs image data; dataset {cfg.data!r} is flat: use --set net=mlp")
+    if cfg.net in ("unet", "classifier") and len(getattr(data, "shape", ())) != 3:
+        raise FewstepError(f"the {cfg.net} network needs image data; dataset {cfg.data!r} is flat: use --net mlp")
     kwargs = net_arguments(cfg, data)
     try:
         net = make_unet(kwargs.pop("config"), **kwargs) if "config" in kwargs else make_net(cfg.net, **kwargs)

@@ -43,7 +43,8 @@ def _work_dtype(x):
 
 
 def _randn(x, generator):
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """Noise from the generator's device (a CPU generator keeps runs reproducible on any device), on x's."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
 
 
 def _denoise(D, x, sigma, cond, dtype):
@@ -175,7 +176,7 @@ def initial_noise(shape, sigma_max, *, generator=None, vp=False, dtype=torch.flo
     sigma_max = sigma_T / alpha_T (what a VP model's DDPM / DDIM starts from, seed 002).
     """
     generator = _generator(generator, device or "cpu")
-    z = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
+    z = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device).to(device)
     scale = math.sqrt(1 + float(sigma_max) ** 2) if vp else float(sigma_max)
     return (scale * z).to(dtype)
 

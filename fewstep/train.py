@@ -22,7 +22,8 @@ from .checkpoint import (flatten, load_checkpoint, load_state, optimizer_from_te
 from .config import TrainConfig
 from .ema import EMA, ema_warmup
 from .errors import FewstepError
-from .guidance import drop_labels
+from .generate import generate
+from .guidance import ClassifierFreeGuidance, drop_labels
 from .methods import DISTILLATION, METHODS
 from .runs import CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, load_config, load_teacher
 
@@ -54,14 +55,21 @@ def build_state(cfg, teacher=None, dist_info=None):
     torch.manual_seed(cfg.seed)     # the global RNG drives network init and dropout; checkpoints save it
     data = build_dataset(cfg)
     net = build_model(cfg, data).train().to(dist_info.device)
+    if dist_info.device.type == "cuda" and len(getattr(data, "shape", ())) == 3:
+        net = net.to(memory_format=torch.channels_last)         # faster convolutions on GPUs
     kwargs = cfg.method_arguments()
     if cfg.method in DISTILLATION and teacher is not None:
         kwargs["teacher"] = teacher
     elif cfg.method in DISTILLATION:
         teacher, teacher_cfg = load_teacher(cfg.teacher)
-        kwargs["teacher"] = teacher.to(dist_info.device)
+        teacher = teacher.to(dist_info.device)
         if cfg.init_from_teacher and METHODS[teacher_cfg.method].precond == "edm":
             load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
+        if cfg.teacher_guidance:
+            if not teacher_cfg.cond:
+                raise FewstepError(f"teacher_guidance needs a class-conditional teacher; {cfg.teacher} was trained without cond=true")
+            teacher = ClassifierFreeGuidance(teacher, cfg.teacher_guidance, null_label=teacher.net.num_classes)
+        kwargs["teacher"] = teacher
     try:
         method = METHODS[cfg.method](**kwargs)
     except (TypeError, ValueError) as e:
@@ -231,6 +239,21 @@ def _loop(state, run_dir, bar, writer):
             losses, t0 = [], time.perf_counter()
         if state.k % cfg.ckpt_every == 0 or state.k == cfg.steps:
             save(state, os.path.join(run_dir, CHECKPOINT))
+            if state.dist.main:
+                _log_samples(state, writer)
+
+
+@torch.no_grad()
+def _log_samples(state, writer, n=16):
+    """A grid of EMA samples in TensorBoard for image runs: 1 step for consistency models, 9 Heun steps
+    (17 NFE) for teachers; fixed noise, so grids are comparable across steps."""
+    net = getattr(state.ema.module, "net", None)
+    if not hasattr(net, "img_shape"):
+        return
+    steps = 1 if METHODS[state.cfg.method].precond == "consistency" else 9
+    cond = {"class_labels": torch.arange(n, device=state.dist.device) % net.num_classes} if state.cfg.cond else None
+    x, _ = generate(state.ema.module, state.cfg, n, steps, generator=torch.Generator().manual_seed(0), cond=cond)
+    writer.add_images("samples", (x.float().clamp(-1, 1) + 1) / 2, state.k)
 
 
 def _log(state, run_dir, losses, seconds, bar, writer):
@@ -244,4 +267,4 @@ def _log(state, run_dir, losses, seconds, bar, writer):
     for key, value in record.items():
         if key != "k":
             writer.add_scalar(f"train/{key}", value, state.k)
-    bar.set_postfix(loss=f"{record['loss']:.4g}", it_s=f"{1 / max(record['sec_per_step'], 1e-9):.0f}")
+    bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{record['samples_per_sec']:.0f}")

@@ -6,6 +6,7 @@ to keep an EMA target theta^- updated with rate `method.mu(k)`). Methods that di
 
 from .consistency import (ConsistencyDistillation, ConsistencyTraining, ContinuousCD, ContinuousCT,
                           ImprovedConsistencyTraining)
+from .classifier import NoisyClassifierLoss
 from .diffusion import DDPMLoss, EDMLoss
 
 METHODS = {
@@ -16,5 +17,6 @@ METHODS = {
     "ict": ImprovedConsistencyTraining,   # improved CT, seed 004
     "cd-continuous": ContinuousCD,        # continuous-time CD, seed 000
     "ct-continuous": ContinuousCT,        # continuous-time CT, seed 000
+    "classifier": NoisyClassifierLoss,    # noise-conditional classifier for classifier guidance, seed 002
 }
 DISTILLATION = {"cd", "cd-continuous"}    # methods that need --teacher

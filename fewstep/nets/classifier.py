@@ -18,6 +18,7 @@ class Classifier(nn.Module):
         noise_conditional   = False,    # Take sigma (c_noise = log(sigma) / 4) through a Fourier embedding.
     ):
         super().__init__()
+        self.num_classes = num_classes
         layers, c_in = [], in_channels
         for c in channels:
             layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),

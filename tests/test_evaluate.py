@@ -1,0 +1,64 @@
+"""fewstep eval on a tiny image run: outputs exist and the numbers are sane; errors are one line."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from fewstep.config import TrainConfig
+from fewstep.errors import FewstepError
+from fewstep.evaluate import crop_to, evaluate
+from fewstep.metrics.features import FMNIST_CLASSIFIER, load_feature_net
+from fewstep.train import train
+
+HAVE_FMNIST = os.path.isdir("/usr/share/datasets/fashion-mnist")
+
+
+def test_shipped_feature_net_loads_and_is_small():
+    net = load_feature_net()
+    assert os.path.getsize(FMNIST_CLASSIFIER) < 2 * 2 ** 20
+    assert net.features(torch.zeros(2, 1, 28, 28)).shape == (2, 128)
+    with pytest.raises(FewstepError, match="train-classifier"):
+        load_feature_net("/nonexistent.safetensors")
+
+
+def test_crop_to_undoes_padding():
+    x = torch.arange(32 * 32.).reshape(1, 1, 32, 32)
+    assert torch.equal(crop_to(x, 28), x[..., 2:30, 2:30]) and crop_to(x[..., 2:30, 2:30], 28).shape[-1] == 28
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="needs dataset-fashion-mnist")
+@pytest.mark.slow
+def test_eval_writes_the_table_grids_and_plot(tmp_path):
+    run = str(tmp_path / "cd")
+    base = dict(data="fashion-mnist", net="unet", net_kwargs={"config": "cpu-tiny"}, batch=8, steps=2)
+    train(TrainConfig(method="ct", cond=True, label_dropout=0.1, **base), run, progress=False)
+    rows = evaluate(run, [1, 2], n=40, guidance=1.0, progress=False)
+    assert [r["nfe"] for r in rows] == [1, 2]
+    assert all(r["fd"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
+    for name in ("metrics.json", "metrics.md", "fd_vs_nfe.png", "samples_1steps.png", "samples_2steps.png"):
+        assert os.path.getsize(os.path.join(run, "eval", name)) > 0
+    assert json.load(open(os.path.join(run, "eval", "metrics.json")))[1]["steps"] == 2
+
+
+def test_eval_rejects_a_2d_run(tmp_path):
+    run = str(tmp_path / "toy")
+    train(TrainConfig(method="edm", steps=2, batch=8, net_kwargs={"width": 8, "depth": 1}), run, progress=False)
+    with pytest.raises(FewstepError, match="not an image model"):
+        evaluate(run, [1], n=10)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="needs dataset-fashion-mnist")
+@pytest.mark.slow
+def test_classifier_guidance_end_to_end(tmp_path):
+    base = dict(data="fashion-mnist", batch=8, steps=2)
+    clf, teacher = str(tmp_path / "clf"), str(tmp_path / "teacher")
+    train(TrainConfig(method="classifier", net="classifier", cond=True, **base), clf, progress=False)
+    train(TrainConfig(method="edm", net="unet", net_kwargs={"config": "cpu-tiny"}, **base), teacher, progress=False)
+    rows = evaluate(teacher, [2], n=20, guidance=1.0, classifier_run=clf, progress=False)
+    assert rows[0]["nfe"] == 3 and rows[0]["fd"] > 0
+    with pytest.raises(FewstepError, match="not a generator"):
+        evaluate(clf, [1], n=4)
+    with pytest.raises(FewstepError, match="fewstep train classifier"):
+        TrainConfig(method="classifier", net="classifier", **base).validate()
