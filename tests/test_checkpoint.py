@@ -43,20 +43,25 @@ def test_round_trip_is_bit_exact(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    train(_cfg(), str(tmp_path / "whole"), progress=False)
+def _train_interrupted_at(k_stop, cfg, run, monkeypatch):
+    """Train until step k_stop raises KeyboardInterrupt (as Ctrl-C would), then restore train_step."""
     real_step = train_module.train_step
 
     def interrupted(state):
-        if state.k == 12:
+        if state.k == k_stop:
             raise KeyboardInterrupt
         return real_step(state)
 
     monkeypatch.setattr(train_module, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(), str(tmp_path / "parts"), progress=False)
-    assert load_checkpoint(str(tmp_path / "parts" / CHECKPOINT))[1]["k"] == 10       # last checkpoint kept
+        train(cfg, run, progress=False)
     monkeypatch.setattr(train_module, "train_step", real_step)
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    train(_cfg(), str(tmp_path / "whole"), progress=False)
+    _train_interrupted_at(12, _cfg(), str(tmp_path / "parts"), monkeypatch)
+    assert load_checkpoint(str(tmp_path / "parts" / CHECKPOINT))[1]["k"] == 10       # last checkpoint kept
     train(_cfg(), str(tmp_path / "parts"), resume=True, progress=False)
     _assert_same(_tensors(str(tmp_path / "whole")), _tensors(str(tmp_path / "parts")))
 
@@ -130,17 +135,7 @@ def test_extending_steps_on_resume_keeps_the_curriculum(tmp_path):
 
 
 def test_metrics_are_not_duplicated_after_an_interrupted_run(tmp_path, monkeypatch):
-    real_step = train_module.train_step
-
-    def interrupted(state):
-        if state.k == 17:
-            raise KeyboardInterrupt
-        return real_step(state)
-
-    monkeypatch.setattr(train_module, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(log_every=1), str(tmp_path / "r"), progress=False)
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    _train_interrupted_at(17, _cfg(log_every=1), str(tmp_path / "r"), monkeypatch)
     train(_cfg(log_every=1), str(tmp_path / "r"), resume=True, progress=False)
     ks = [json.loads(line)["k"] for line in open(tmp_path / "r" / "metrics.jsonl")]
     assert ks == list(range(1, 21))

@@ -27,7 +27,7 @@ def one_gaussian(dim=2):
     return GaussianMixture(torch.full((1, dim), MU), [STD])
 
 
-def check_moments(x, var, n_se=4.0):
+def assert_moments(x, var, n_se=4.0):
     """Sample mean within n_se standard errors of MU, pooled variance within n_se of var."""
     x = x.double().flatten()
     n = x.numel()
@@ -128,7 +128,7 @@ def test_ddim_moments_match_gaussian_propagation(eta):
     sigmas = vp_sigmas(VPDiscrete(), 50)
     x = initial_noise((20000, 2), sigmas[0], generator=gen(4), vp=True, dtype=torch.float64)
     out = sample_ddim(as_denoiser(one_gaussian()), x, sigmas, eta=eta, generator=gen(5))
-    check_moments(out, propagate(1 + sigmas[0].item() ** 2, ddim_affine(sigmas.tolist(), eta, STD ** 2)))
+    assert_moments(out, propagate(1 + sigmas[0].item() ** 2, ddim_affine(sigmas.tolist(), eta, STD ** 2)))
 
 
 def test_ddpm_full_chain_matches_data():
@@ -149,7 +149,7 @@ def test_heun_churn_moments(steps, S_churn):
     x = initial_noise((20000, 1), SIGMA_MAX, generator=gen(8), dtype=torch.float64)
     out = sample_heun(as_denoiser(one_gaussian(dim=1)), x, sigmas, S_churn=S_churn, generator=gen(9))
     var = propagate(SIGMA_MAX ** 2, heun_churn_affine(sigmas.tolist(), S_churn, STD ** 2))
-    check_moments(out, var)
+    assert_moments(out, var)
     if steps == 128:
         assert abs(out.var().item() / STD ** 2 - 1) < 0.05
 
@@ -183,7 +183,7 @@ def test_langevin_moments_match_data():
     out = sample_langevin(as_denoiser(one_gaussian(dim=1)), x, levels, n_steps=50, step_scale=0.5 * 0.05 ** 2,
                           generator=gen(11))
     var = propagate(levels[0].item() ** 2, langevin_affine(levels.tolist(), 50, 0.5 * 0.05 ** 2, STD ** 2))
-    check_moments(out, var)                                                      # predicted 0.2545
+    assert_moments(out, var)                                                      # predicted 0.2545
     assert abs(out.var().item() / STD ** 2 - 1) < 0.05
 
 
@@ -200,7 +200,7 @@ def test_consistency_sampling_matches_data(n_steps):
     f = as_consistency_function(one_gaussian(), SIGMA_MIN)
     x = initial_noise((20000, 2), SIGMA_MAX, generator=gen(12), dtype=torch.float64)
     out = sample_consistency(f, x, consistency_taus(n_steps), generator=gen(13))
-    check_moments(out, STD ** 2 + SIGMA_MIN ** 2)
+    assert_moments(out, STD ** 2 + SIGMA_MIN ** 2)
 
 
 def test_one_consistency_step_is_f_at_T():
