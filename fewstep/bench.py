@@ -16,6 +16,7 @@ import time
 import torch
 
 from .config import TrainConfig
+from .errors import FewstepError
 from .evaluate import crop_to, reference_features, sample_images
 from .metrics.fd import extract_features, fd_from_features
 from .metrics.features import load_feature_net
@@ -45,6 +46,31 @@ SAMPLING = {
     "teacher": [("teacher, Euler", "euler", (4, 8, 16)), ("teacher, Heun", "heun", (5, 9))],
     "cd": [("CD", None, (1, 2, 4))], "ct": [("CT", None, (1, 2, 4))], "ict": [("iCT", None, (1, 2, 4))],
 }
+
+
+def parse_budget(text):
+    """'teacher=1500,cd=600' -> {"teacher": 1500, "cd": 600}; anything else is one FewstepError."""
+    budget = {}
+    for item in text.split(","):
+        name, _, steps = item.partition("=")
+        if not steps.strip().isdigit() or int(steps) < 1:
+            raise FewstepError("--budget expects NAME=STEPS items separated by commas (STEPS >= 1), "
+                               f"like teacher=1500,cd=600; got {item!r}")
+        budget[name.strip()] = int(steps)
+    check_names(budget, "--budget")
+    return budget
+
+
+def parse_methods(text):
+    methods = [m.strip() for m in text.split(",")]
+    check_names(methods, "--methods")
+    return methods
+
+
+def check_names(names, flag):
+    unknown = [n for n in names if n not in SAMPLING]
+    if unknown:
+        raise FewstepError(f"{flag}: unknown run(s) {unknown}; choose from {', '.join(SAMPLING)}")
 
 
 def peak_memory_mb():

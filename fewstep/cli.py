@@ -71,10 +71,12 @@ def cmd_sample(args):
     from .runs import build_dataset, load_model
     steps = parse_steps(args.steps)
     model, cfg = load_model(args.run, args.which)
-    data = build_dataset(cfg)
     out = args.out or os.path.join(args.run, "samples")
     os.makedirs(out, exist_ok=True)
     taus = parse_taus(args.tau) if args.tau else None
+    if hasattr(getattr(model, "net", None), "img_shape"):       # the 2-D metrics below do not apply
+        return sample_image_run(args, model, cfg, steps, taus, out)
+    data = build_dataset(cfg)
     rows, panels = [], []
     print(f"{'steps':>5} {'NFE':>5} {'sliced W2':>10} {'f error':>8} {'samples/s':>10}")
     for s in (steps if taus is None else [len(taus)]):
@@ -97,6 +99,24 @@ def cmd_sample(args):
     print(f"wrote {out}/samples.png, metrics.json and steps*.pt")
 
 
+def sample_image_run(args, model, cfg, steps, taus, out):
+    """`fewstep sample` on an image run: per step count a PNG grid, the samples, NFE and images/s
+    (FD and precision/recall are `fewstep eval`'s)."""
+    from .evaluate import sample_images
+    from .plots import image_grid
+    rows = []
+    print(f"{'steps':>5} {'NFE':>5} {'images/s':>10}")
+    for s in (steps if taus is None else [len(taus)]):
+        x, n_fe, rate = sample_images(model, cfg, args.n, s, sampler=args.sampler, taus=taus, seed=args.seed)
+        rows.append({"steps": s, "nfe": n_fe, "images_per_sec": rate})
+        print(f"{s:>5} {n_fe:>5} {rate:>10.1f}")
+        torch.save(x, os.path.join(out, f"steps{s}.pt"))
+        image_grid(x[:100], os.path.join(out, f"samples_{s}steps.png"), nrow=10)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    print(f"wrote {out}/samples_*steps.png, metrics.json and steps*.pt (FD and precision/recall: fewstep eval)")
+
+
 def cmd_eval(args):
     from .evaluate import evaluate
     from .generate import parse_steps
@@ -111,9 +131,14 @@ def cmd_train_classifier(args):
 
 
 def cmd_bench(args):
-    from .bench import run_bench
-    budget = {k: int(v) for k, v in (item.split("=") for item in args.budget.split(","))} if args.budget else None
-    run_bench(args.out, budget=budget, methods=args.methods.split(","), n=args.n, write_docs=args.write_docs)
+    from .bench import parse_budget, parse_methods, run_bench
+    budget = parse_budget(args.budget) if args.budget else None
+    run_bench(args.out, budget=budget, methods=parse_methods(args.methods), n=args.n, write_docs=args.write_docs)
+
+
+def cmd_edit(args):
+    from .edit import run_edit
+    run_edit(args)
 
 
 def cmd_demo(args):
@@ -183,6 +208,39 @@ def build_parser():
     b.add_argument("--n", type=int, default=2000, help="samples per row (default 2000)")
     b.add_argument("--write-docs", metavar="FILE", help="append the table to FILE (docs/BENCHMARKS.md)")
     b.set_defaults(func=cmd_bench)
+
+    from .edit import TASKS
+    ed = sub.add_parser("edit", help="zero-shot editing: inpaint, colorize, superres, stroke, denoise, interpolate",
+                        description="Zero-shot editing with a consistency model (multistep, Algorithm 4 of the CM "
+                        "paper) or a diffusion teacher (its ODE/SDE sampler). Writes OUT/TASK.png: one row per "
+                        "input, [observation | results | reference].")
+    ed.add_argument("task", choices=TASKS)
+    ed.add_argument("run", help="run folder of an image model")
+    ed.add_argument("--input", nargs="+", metavar="IMAGE", help="PNG/JPEG inputs at the run's size (superres: "
+                    "the low-resolution image or a full-size one to downsample; colorize: gray or RGB; "
+                    "denoise: the noisy image at noise level --sigma)")
+    ed.add_argument("--from-data", type=int, metavar="N", help="use the first N test images of the run's dataset "
+                    "(stroke: their coarse posterized version; denoise: noised at --sigma)")
+    ed.add_argument("--mask", help="inpaint: mask image at the run's size, white = pixels to generate")
+    ed.add_argument("--box", help="inpaint: the box x0,y0,x1,y1 to generate (pixels, x1/y1 exclusive)")
+    ed.add_argument("--factor", type=int, default=4, help="superres: block size (default 4)")
+    ed.add_argument("--sigma", type=float, help="stroke: noise level to start from (default 1.0); denoise: the "
+                    "input's noise level (default 0.5), in units of the [-1, 1] pixel range")
+    ed.add_argument("--add-noise", action="store_true", help="denoise: add N(0, sigma^2) noise to --input first")
+    ed.add_argument("--seeds", default="0,1", help="interpolate: the two seeds of the end points (default 0,1)")
+    ed.add_argument("--frames", type=int, default=8, help="interpolate: images in the strip (default 8)")
+    ed.add_argument("--steps", type=int, help="sampling steps (default: a CM takes 8 for inpaint / colorize / "
+                    "superres and 1 otherwise; a teacher takes 18)")
+    ed.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm (teachers)")
+    ed.add_argument("--samples", type=int, help="results per input (default 3; denoise 1)")
+    ed.add_argument("--label", type=int, help="class label for a class-conditional run")
+    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--which", default="ema", choices=["ema", "net", "target"])
+    ed.add_argument("--out", default="edit_out", help="output folder (default edit_out)")
+    ed.add_argument("--score", metavar="STEPS", help="inpaint / superres on Fashion-MNIST: instead of pictures, "
+                    "FD of --n edited test images for each step count, e.g. --score 1,2,4,8")
+    ed.add_argument("--n", type=int, default=1000, help="--score: test images to edit (default 1000)")
+    ed.set_defaults(func=cmd_edit)
 
     d = sub.add_parser("demo", help="the 2-D demo: teacher, CD, CT and iCT, sampled at 1/2/4 steps")
     d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

@@ -3,6 +3,7 @@ folder (EDM's training_options.json idea) and read back to rebuild the models fo
 
 import dataclasses
 import inspect
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -10,6 +11,16 @@ from .data import DATASETS
 from .errors import FewstepError
 from .methods import DISTILLATION, METHODS
 from .nets import NETS
+
+
+TYPE_NAMES = {str: "a string", dict: "a JSON object", bool: "true or false", int: "an integer", float: "a number"}
+
+
+def _is_a(value, kind):
+    """isinstance for config values: JSON has no int/float split, and True is not the number 1 here."""
+    if isinstance(value, bool) or kind is bool:
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 @dataclass
@@ -69,8 +80,20 @@ class TrainConfig:
             return dataclasses.replace(self, method_kwargs={**self.method_kwargs, "K": self.steps})
         return self
 
+    def check_types(self):
+        """Each field holds its declared type (an int counts as a float, a bool as neither), so a bad
+        --set value stops here in one line rather than as a TypeError deep in training."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if (value is None and f.default is None) or _is_a(value, f.type):
+                continue
+            example = f"; e.g. --set {f.name}={json.dumps(f.default)}" if f.type in (bool, int, float) else ""
+            raise FewstepError(f"{f.name} must be {TYPE_NAMES[f.type]}, got {value!r}{example}")
+        return self
+
     def validate(self):
         """Raise FewstepError (one line: problem and fix) for a config that cannot train."""
+        self.check_types()
         if self.method not in METHODS:
             raise FewstepError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.method in DISTILLATION and not self.teacher:
@@ -111,4 +134,9 @@ class TrainConfig:
         if bad:
             valid = [p for p in params if p not in ("teacher", "feature_net")]
             raise FewstepError(f"method {self.method!r} has no option(s) {bad}; its options are {valid}")
+        for name, value in self.method_kwargs.items():       # typed like the option's default, when it has one
+            kind = type(params[name].default)
+            if kind in TYPE_NAMES and not _is_a(value, kind):
+                raise FewstepError(f"method option {name} must be {TYPE_NAMES[kind]}, got {value!r}; "
+                                   f"e.g. --set {name}={json.dumps(params[name].default)}")
         return self

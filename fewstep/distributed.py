@@ -76,6 +76,36 @@ def barrier(world):
         dist.barrier()
 
 
+def broadcast_object(obj, world):
+    """Rank 0's obj, on every rank."""
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main(fn, info):
+    """fn() run on rank 0 alone (a step that writes the run folder), its result given to every rank. A
+    FewstepError on rank 0 is raised on every rank with the same line, so no rank is left waiting in a
+    collective for a rank that has quit."""
+    result, error = None, None
+    if info.main:
+        try:
+            result = fn()
+        except FewstepError as e:
+            error = str(e)
+    result, error = broadcast_object((result, error), info.world)
+    if error is not None:
+        raise FewstepError(error)
+    return result
+
+
+def any_rank(flag, world, device):
+    """True on every rank when `flag` is true on any rank: a decision all ranks take together."""
+    return all_reduce_sum(float(bool(flag)), world, device) > 0
+
+
 def check_in_sync(params, world):
     """Raise if the processes' weights have drifted apart (they must stay identical after every step)."""
     if world == 1:

@@ -19,7 +19,10 @@ from .metrics.fd import extract_features, fd_from_features
 from .metrics.features import load_feature_net
 from .metrics.precision_recall import precision_recall
 from .plots import image_grid, line_plot
-from .runs import build_dataset, load_model
+from .runs import load_model
+
+FEATURE_SHAPE = (1, 28, 28)     # what the shipped Fashion-MNIST classifier takes
+MAX_PAD = 4                     # images may be padded up to 32 px for the U-Net; crop_to removes it
 
 
 def reference_features(feature_net, n=10000):
@@ -35,10 +38,13 @@ def crop_to(x, size):
 
 
 @torch.no_grad()
-def sample_images(model, cfg, n, steps, *, sampler=None, guidance=0.0, classifier=None, batch=500, seed=0):
+def sample_images(model, cfg, n, steps, *, sampler=None, taus=None, guidance=0.0, classifier=None, batch=500, seed=0):
     """(images in [-1, 1], NFE, images/s): n samples in batches, class labels balanced when conditional.
-    guidance w: classifier-free for a conditional run, or classifier guidance with `classifier`."""
-    g = torch.Generator().manual_seed(seed)
+    guidance w: classifier-free for a conditional run, or classifier guidance with `classifier`.
+    taus: explicit consistency time points instead of `steps` (Algorithm 1, seed 000)."""
+    if n < 1:
+        raise FewstepError(f"the number of samples must be at least 1, got {n}")
+    g, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
     shape = model.net.img_shape
     num_classes = classifier.num_classes if classifier is not None else model.net.num_classes
     if classifier is not None:
@@ -48,8 +54,9 @@ def sample_images(model, cfg, n, steps, *, sampler=None, guidance=0.0, classifie
     out, t0, nfe = [], time.perf_counter(), 0
     for i in range(0, n, batch):
         m = min(batch, n - i)
-        cond = {"class_labels": torch.arange(i, i + m) % num_classes} if cfg.cond or classifier is not None else None
-        x, nfe = generate(model, cfg, m, steps, sampler=sampler, generator=g, cond=cond, shape=shape)
+        labels = torch.arange(i, i + m, device=device) % num_classes      # on the model's device (CUDA too)
+        cond = {"class_labels": labels} if cfg.cond or classifier is not None else None
+        x, nfe = generate(model, cfg, m, steps, sampler=sampler, taus=taus, generator=g, cond=cond, shape=shape)
         out.append(x.clamp(-1, 1))
     return torch.cat(out), nfe, n / (time.perf_counter() - t0)
 
@@ -57,16 +64,8 @@ def sample_images(model, cfg, n, steps, *, sampler=None, guidance=0.0, classifie
 def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=None, seed=0, out=None, progress=True):
     """Rows {steps, nfe, fd, precision, recall, images_per_sec} for each step count; writes the outputs."""
     model, cfg = load_model(run)
-    classifier = load_model(classifier_run)[0] if classifier_run else None
-    if cfg.method == "classifier":
-        raise FewstepError(f"run {run} is a guidance classifier, not a generator; evaluate a teacher with "
-                           f"--classifier {run} --guidance W")
-    if not cfg.cond and classifier is None and guidance:
-        raise FewstepError("--guidance needs a class-conditional run (cond=true, label_dropout > 0) or --classifier RUN")
-    if not hasattr(getattr(model, "net", None), "img_shape"):
-        raise FewstepError(f"run {run} is not an image model; fewstep eval measures image runs "
-                           "(use fewstep sample for 2-D runs)")
-    data = build_dataset(cfg)
+    classifier = load_classifier(classifier_run) if classifier_run else None
+    check_evaluable(run, model, cfg, guidance, classifier)
     feature_net = load_feature_net()
     ref = reference_features(feature_net)
     out = out or os.path.join(run, "eval")
@@ -79,8 +78,37 @@ def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=Non
         rows.append({"steps": s, "nfe": nfe, "fd": fd_from_features(feats, ref), **pr, "images_per_sec": rate})
         image_grid(x[:100], os.path.join(out, f"samples_{s}steps.png"), nrow=10)
         print(format_row(rows[-1]), flush=True)
-    _write(out, rows, run, data)
+    _write(out, rows, run)
     return rows
+
+
+def load_classifier(run):
+    """The noise-conditional classifier of a `fewstep train classifier` run, for classifier guidance."""
+    model, cfg = load_model(run)
+    if cfg.method != "classifier":
+        raise FewstepError(f"--classifier {run} is a {cfg.method!r} run, not a guidance classifier; train one with: "
+                           "fewstep train classifier --net classifier --set cond=true --out RUN")
+    return model
+
+
+def check_evaluable(run, model, cfg, guidance, classifier):
+    """One line, before any data is read, for a run (or guidance) that eval cannot measure."""
+    if cfg.method == "classifier":
+        raise FewstepError(f"run {run} is a guidance classifier, not a generator; evaluate a teacher with "
+                           f"--classifier {run} --guidance W")
+    if guidance and classifier is None and not cfg.cond:
+        raise FewstepError("--guidance needs a class-conditional run (cond=true, label_dropout > 0) or --classifier RUN")
+    if guidance and classifier is None and not cfg.label_dropout:
+        raise FewstepError(f"--guidance needs a run that learned the null label; {run} was trained with label_dropout=0: "
+                           "retrain it with --set label_dropout=0.1 (or guide with --classifier RUN)")
+    shape = getattr(getattr(model, "net", None), "img_shape", None)
+    if shape is None:
+        raise FewstepError(f"run {run} is not an image model; fewstep eval measures image runs "
+                           "(use fewstep sample for 2-D runs)")
+    C, H, W = shape
+    if C != FEATURE_SHAPE[0] or H != W or not FEATURE_SHAPE[1] <= H <= FEATURE_SHAPE[1] + MAX_PAD:
+        raise FewstepError(f"run {run} makes {C}x{H}x{W} images; fewstep eval measures them in a Fashion-MNIST "
+                           f"classifier that takes 1x28x28 (padded to at most 32 px); use fewstep sample for a grid")
 
 
 def format_row(r):
@@ -88,7 +116,7 @@ def format_row(r):
             f"recall {r['recall']:.3f}  {r['images_per_sec']:8.1f} images/s")
 
 
-def _write(out, rows, run, data):
+def _write(out, rows, run):
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(rows, f, indent=2)
     lines = ["| steps | NFE | FD | precision | recall | images/s |", "|---|---|---|---|---|---|"]

@@ -16,7 +16,21 @@ def drop_labels(labels, p, null_label, generator=None):
     return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
 
 
-class ClassifierFreeGuidance(torch.nn.Module):
+class _Guided(torch.nn.Module):
+    """A guided denoiser answers for the model it wraps: `process` (generate reads it for VP runs) and
+    `net` (the raw network: img_shape, num_classes). A wrapped model without them (a plain function)
+    raises AttributeError, so hasattr() tells the same for the wrapper as for the model."""
+
+    @property
+    def process(self):
+        return self.D.process
+
+    @property
+    def net(self):
+        return self.D.net
+
+
+class ClassifierFreeGuidance(_Guided):
     """eps_bar = (w + 1) eps(x, t, y) - w eps(x, t, null) (seed 002), i.e. D_bar = (w + 1) D_c - w D_u.
     w = 0 is the conditional model; `null_label` is the label the network was trained with for "no class"."""
 
@@ -34,7 +48,7 @@ class ClassifierFreeGuidance(torch.nn.Module):
         return (self.w + 1) * D_c - self.w * D_u
 
 
-class ClassifierGuidance(torch.nn.Module):
+class ClassifierGuidance(_Guided):
     """eps_bar = eps - sqrt(1 - abar) w grad log p(y | x_t) (seed 002); in VE coordinates the guided score is
     score + w grad_x log p(y | x, sigma), so D_bar = D + w sigma^2 grad_x log p(y | x, sigma).
     `classifier(x, sigma) -> logits` is a noise-conditional classifier."""

@@ -43,6 +43,13 @@ def image_grid(images, path, nrow=10):
     Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
 
 
+def save_image(image, path):
+    """Save one image in [-1, 1], (C, H, W), as a PNG at its own size."""
+    x = ((image.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    from PIL import Image
+    Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x).save(path)
+
+
 def line_plot(x, y, path, xlabel="", ylabel="", title="", logx=True):
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(x, y, "o-")

@@ -1,9 +1,11 @@
 """Samplers: pure functions over a denoiser D(x, sigma, **cond) -> x0_hat in VE ("EDM") coordinates.
 
 Every sampler has the k-diffusion shape `sample_xxx(D, x, sigmas, *, cond=None, generator=None,
-progress=False, ...)`: x is the initial noise already scaled to sigmas[0], sigmas is a descending
-1-D grid (it may end in 0), D sees sigma as a (batch,) tensor in x's dtype, and any fresh noise comes
-from `generator` (never the global RNG). The arithmetic runs in float64 and the result has x's dtype.
+progress=False, project=None, ...)`: x is the initial noise already scaled to sigmas[0], sigmas is a
+descending 1-D grid (it may end in 0), D sees sigma as a (batch,) tensor in x's dtype, and any fresh
+noise comes from `generator` (never the global RNG). The arithmetic runs in float64 and the result has
+x's dtype. `project(x, sigma) -> x`, when given, runs after every step on the new x at its level
+sigma: zero-shot editing re-imposes what is known there (seed 000, fewstep.editing); None is a no-op.
 The PF-ODE they solve is dx/dsigma = (x - D(x, sigma)) / sigma (seed 000, Karras et al.).
 
 Sampling a VP model (seed 002's DDPM / DDIM). `precond.VPPrecond` presents an eps-network on a VP
@@ -98,28 +100,32 @@ def ode_step(D, x, sigma, sigma_next, solver="heun", cond=None, *, dtype=None):
     return torch.where(append_dims(last, x.ndim), x_next, x + h * (d + d_next) / 2)
 
 
-def _edm_sampler(solver, D, x, sigmas, cond, generator, progress, S_churn, S_tmin, S_tmax, S_noise):
+def _project(project, x, sigma):
+    return x if project is None else project(x, sigma)
+
+
+def _edm_sampler(solver, D, x, sigmas, cond, generator, progress, project, S_churn, S_tmin, S_tmax, S_noise):
     """EDM's Algorithm 2 loop: churn (when S_churn > 0), then one `ode_step` from sigma_hat."""
     dtype, work = x.dtype, _work_dtype(x)
     x, generator, n = x.to(work), _generator(generator, x.device), len(sigmas) - 1
     for sigma, sigma_next in _steps(sigmas, progress):
         x, sigma_hat = _churn(x, sigma, _gamma(sigma, n, S_churn, S_tmin, S_tmax), S_noise, generator)
-        x = ode_step(D, x, sigma_hat, sigma_next, solver, cond, dtype=dtype)
+        x = _project(project, ode_step(D, x, sigma_hat, sigma_next, solver, cond, dtype=dtype), sigma_next)
     return x.to(dtype)
 
 
-def sample_euler(D, x, sigmas, *, cond=None, generator=None, progress=False,
+def sample_euler(D, x, sigmas, *, cond=None, generator=None, progress=False, project=None,
                  S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0):
     """Euler steps x <- x + (sigma_next - sigma_hat) (x - D(x, sigma_hat)) / sigma_hat on the PF-ODE
     (seed 000's Euler solver), with EDM's optional churn (Algorithm 2 without the correction)."""
-    return _edm_sampler("euler", D, x, sigmas, cond, generator, progress, S_churn, S_tmin, S_tmax, S_noise)
+    return _edm_sampler("euler", D, x, sigmas, cond, generator, progress, project, S_churn, S_tmin, S_tmax, S_noise)
 
 
-def sample_heun(D, x, sigmas, *, cond=None, generator=None, progress=False,
+def sample_heun(D, x, sigmas, *, cond=None, generator=None, progress=False, project=None,
                 S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0):
     """EDM's Heun sampler: Algorithm 1, or Algorithm 2 when S_churn > 0 (Karras et al. 2022); the
     second-order correction is skipped on the step to sigma_next = 0."""
-    return _edm_sampler("heun", D, x, sigmas, cond, generator, progress, S_churn, S_tmin, S_tmax, S_noise)
+    return _edm_sampler("heun", D, x, sigmas, cond, generator, progress, project, S_churn, S_tmin, S_tmax, S_noise)
 
 #----------------------------------------------------------------------------
 # DDIM / DDPM (seed 002, "Accelerated Sampling with DDIM") in VE coordinates.
@@ -138,7 +144,7 @@ def ddim_noise(sigma, sigma_next, eta):
     return c, (math.sqrt(sigma_next ** 2 - c ** 2) if c else sigma_next)
 
 
-def sample_ddim(D, x, sigmas, *, eta=0.0, cond=None, generator=None, progress=False):
+def sample_ddim(D, x, sigmas, *, eta=0.0, cond=None, generator=None, progress=False, project=None):
     """DDIM with stochasticity eta in [0, 1] (seed 002): eta = 0 is deterministic DDIM, which in VE
     coordinates is exactly Euler's step; eta = 1 is DDPM's ancestral sampler (`sample_ddpm`).
 
@@ -154,12 +160,13 @@ def sample_ddim(D, x, sigmas, *, eta=0.0, cond=None, generator=None, progress=Fa
         x = x + (sigma_down - sigma) * d
         if c:
             x = x + c * _randn(x, generator)
+        x = _project(project, x, sigma_next)
     return x.to(dtype)
 
 
-def sample_ddpm(D, x, sigmas, *, cond=None, generator=None, progress=False):
+def sample_ddpm(D, x, sigmas, *, cond=None, generator=None, progress=False, project=None):
     """DDPM's ancestral sampler: DDIM with eta = 1 (seed 002; on `vp_sigmas` it is the strided DDPM)."""
-    return sample_ddim(D, x, sigmas, eta=1.0, cond=cond, generator=generator, progress=progress)
+    return sample_ddim(D, x, sigmas, eta=1.0, cond=cond, generator=generator, progress=progress, project=project)
 
 
 def vp_sigmas(process, S):
@@ -185,7 +192,7 @@ def initial_noise(shape, sigma_max, *, generator=None, vp=False, dtype=torch.flo
 
 
 def sample_langevin(D, x, sigmas, *, n_steps=LANGEVIN_STEPS, step_scale=None, denoise=True,
-                    cond=None, generator=None, progress=False):
+                    cond=None, generator=None, progress=False, project=None):
     """Annealed Langevin dynamics (seed 002; Song & Ermon 2019, Algorithm 1): n_steps updates
     x <- x + delta_i/2 score + sqrt(delta_i) z at each nonzero sigma_i, with score = (D(x, sigma_i) - x)
     / sigma_i^2 and delta_i = step_scale sigma_i^2 / sigma_L^2 (sigma_L: the last nonzero level).
@@ -210,8 +217,9 @@ def sample_langevin(D, x, sigmas, *, n_steps=LANGEVIN_STEPS, step_scale=None, de
         for _ in range(n_steps):
             score = (_denoise(D, x, sigma, cond, dtype) - x) / sigma ** 2
             x = x + delta / 2 * score + math.sqrt(delta) * _randn(x, generator)
+        x = _project(project, x, sigma)
     if denoise:
-        x = _denoise(D, x, levels[-1], cond, dtype)
+        x = _project(project, _denoise(D, x, levels[-1], cond, dtype), 0.0)
     return x.to(dtype)
 
 #----------------------------------------------------------------------------
@@ -242,17 +250,20 @@ def _check_taus(taus, sigma_min):
     return taus
 
 
-def sample_consistency(f, x, taus, *, sigma_min=SIGMA_MIN, cond=None, generator=None, progress=False):
+def sample_consistency(f, x, taus, *, sigma_min=SIGMA_MIN, cond=None, generator=None, progress=False,
+                       project=None):
     """Multistep consistency sampling (Algorithm 1, seed 000): x <- f(x_T, T) with T = taus[0] and x
     already noise at T; then for each later tau_n: x_hat = x + sqrt(tau_n^2 - sigma_min^2) z,
-    x <- f(x_hat, tau_n). taus must be strictly decreasing in (sigma_min, T]. One step is f(x_T, T)."""
+    x <- f(x_hat, tau_n). taus must be strictly decreasing in (sigma_min, T]. One step is f(x_T, T).
+    With `project`, each f output (a clean estimate, level 0) is projected: seed 000's zero-shot
+    editing (Song et al. 2023, Algorithm 4)."""
     taus = _check_taus(taus, sigma_min)
     dtype, work = x.dtype, _work_dtype(x)
     generator = _generator(generator, x.device)
-    x = _denoise(f, x.to(work), taus[0], cond, dtype)
+    x = _project(project, _denoise(f, x.to(work), taus[0], cond, dtype), 0.0)
     for tau in tqdm(taus[1:], disable=not progress):
         x_hat = x + math.sqrt(tau ** 2 - sigma_min ** 2) * _randn(x, generator)
-        x = _denoise(f, x_hat, tau, cond, dtype)
+        x = _project(project, _denoise(f, x_hat, tau, cond, dtype), 0.0)
     return x.to(dtype)
 
 #----------------------------------------------------------------------------

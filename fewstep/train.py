@@ -2,9 +2,10 @@
 
 Every method runs through it; a method only supplies its loss (and, for CD/CT, the rate mu(k) of the
 EMA target theta^-). A resumed run equals an uninterrupted one bit for bit: the checkpoint holds the
-networks, the EMAs, Adam's moments, the data/noise generator and the global RNG (dropout).
+networks, the EMAs, Adam's moments and every stream's generator (its data, noise and dropout).
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -37,9 +38,10 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     method: object
     data: object
-    generators: dict                # stream -> generator of its data and noise (the global RNG: init, dropout)
+    generators: dict                # stream -> generator of its data, noise and dropout (the global RNG: init only)
     dist: distributed.Dist          # this process's rank, world size and device
     k: int = 0                      # training steps taken
+    saved_k: int = None             # step of the last checkpoint written or restored (None: none yet)
 
     @property
     def my_streams(self):
@@ -52,24 +54,14 @@ def build_state(cfg, teacher=None, dist_info=None):
     only its label in config.json)."""
     cfg.validate()
     dist_info = dist_info or distributed.Dist()
-    torch.manual_seed(cfg.seed)     # the global RNG drives network init and dropout; checkpoints save it
+    torch.manual_seed(cfg.seed)     # the global RNG drives network init; dropout runs on the streams' generators
     data = build_dataset(cfg)
     net = build_model(cfg, data).train().to(dist_info.device)
     if dist_info.device.type == "cuda" and len(getattr(data, "shape", ())) == 3:
         net = net.to(memory_format=torch.channels_last)         # faster convolutions on GPUs
     kwargs = cfg.method_arguments()
-    if cfg.method in DISTILLATION and teacher is not None:
-        kwargs["teacher"] = teacher
-    elif cfg.method in DISTILLATION:
-        teacher, teacher_cfg = load_teacher(cfg.teacher)
-        teacher = teacher.to(dist_info.device)
-        if cfg.init_from_teacher and METHODS[teacher_cfg.method].precond == "edm":
-            load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
-        if cfg.teacher_guidance:
-            if not teacher_cfg.cond:
-                raise FewstepError(f"teacher_guidance needs a class-conditional teacher; {cfg.teacher} was trained without cond=true")
-            teacher = ClassifierFreeGuidance(teacher, cfg.teacher_guidance, null_label=teacher.net.num_classes)
-        kwargs["teacher"] = teacher
+    if cfg.method in DISTILLATION:
+        kwargs["teacher"] = guided_teacher(cfg, teacher if teacher is not None else _load_teacher(cfg, net, dist_info), data)
     try:
         method = METHODS[cfg.method](**kwargs)
     except (TypeError, ValueError) as e:
@@ -79,6 +71,30 @@ def build_state(cfg, teacher=None, dist_info=None):
     return TrainState(cfg=cfg, net=net, ema=EMA(net, functools.partial(ema_warmup, cfg.ema)), target=target,
                       optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr), method=method, data=data,
                       generators=generators, dist=dist_info)
+
+
+def _load_teacher(cfg, net, dist_info):
+    """The teacher run cfg.teacher on the device; the student starts from its weights when asked."""
+    teacher, teacher_cfg = load_teacher(cfg.teacher)
+    teacher = teacher.to(dist_info.device)
+    if cfg.init_from_teacher and METHODS[teacher_cfg.method].precond == "edm":
+        load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
+    if cfg.teacher_guidance and not teacher_cfg.cond:
+        raise FewstepError(f"teacher_guidance needs a class-conditional teacher; {cfg.teacher} was trained without cond=true")
+    if cfg.teacher_guidance and not teacher_cfg.label_dropout:
+        raise FewstepError(f"teacher_guidance needs a teacher that learned the null label; {cfg.teacher} was trained "
+                           "with label_dropout=0: retrain it with --set label_dropout=0.1")
+    return teacher
+
+
+def guided_teacher(cfg, teacher, data):
+    """The teacher with classifier-free guidance at scale cfg.teacher_guidance (seed 002), whether it was
+    loaded from cfg.teacher or passed in; the null label is the teacher network's class count (a plain
+    function's: the dataset's), as drop_labels uses in training."""
+    if not cfg.teacher_guidance:
+        return teacher
+    null_label = getattr(getattr(teacher, "net", None), "num_classes", None) or data.num_classes
+    return ClassifierFreeGuidance(teacher, cfg.teacher_guidance, null_label=null_label)
 
 
 def prepare_batch(state, batch, generator):
@@ -94,6 +110,29 @@ def prepare_batch(state, batch, generator):
     return {**{k: v.to(state.dist.device) for k, v in batch.items()}, "class_labels": labels.to(state.dist.device)}
 
 
+@contextlib.contextmanager
+def stream_rng(generator, device):
+    """The global RNG (dropout) seeded from the stream's generator, and restored after: stream r draws
+    the same masks whichever process runs it, so W processes with S/W streams each compute what one
+    process with S streams does."""
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _kept_checkpoint(state):
+    return ("no checkpoint was written yet" if state.saved_k is None
+            else f"the last good checkpoint (step {state.saved_k}) is kept")
+
+
+def bad_loss_message(state, loss):
+    """One line for a NaN/inf loss: what, at which step, the fix, and what is kept."""
+    what = "NaN" if math.isnan(loss) else "infinite"
+    return (f"the loss is {what} at step {state.k + 1}; lower the learning rate (--lr, now {state.cfg.lr:g}) "
+            f"or check the data for NaN/inf values; {_kept_checkpoint(state)}")
+
+
 def train_step(state):
     """One step of Algorithms 2/3 (or a teacher's loss) over this process's streams: losses, gradients
     summed over all streams and processes, Adam update, then the EMA updates."""
@@ -103,14 +142,14 @@ def train_step(state):
     for r in state.my_streams:
         g = state.generators[r]
         batch = prepare_batch(state, state.data.sample(cfg.batch // cfg.streams, g), g)
-        with torch.autocast(state.dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        autocast = torch.autocast(state.dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        with stream_rng(g, state.dist.device), autocast:
             loss = state.method(state.net, batch, target=target, k=state.k, generator=g) / cfg.streams
         loss.backward()
         total += loss.item()
     total = distributed.all_reduce_sum(total, state.dist.world, state.dist.device)
     if not math.isfinite(total):
-        raise FewstepError(f"the loss became {total} at step {state.k}; lower the learning rate "
-                           f"(--lr, now {cfg.lr}) or check the data; the last good checkpoint is kept")
+        raise FewstepError(bad_loss_message(state, total))
     distributed.all_reduce_grads(state.net.parameters(), state.dist.world)
     state.optimizer.step()
     if state.target is not None:
@@ -121,17 +160,22 @@ def train_step(state):
 
 
 def save(state, path):
-    """Write the full training state (rank 0 writes; every rank takes part in gathering the streams'
-    generators). Refuses non-finite weights so a bad run never replaces a good checkpoint."""
+    """Write the full training state: every rank gathers the streams' generators, rank 0 writes and its
+    errors reach every rank. Refuses non-finite weights so a bad run never replaces a good checkpoint;
+    the ranks decide that together, before the sync check (where NaN checksums would never match)."""
+    finite = all(torch.isfinite(p).all() for p in state.net.parameters())
+    if distributed.any_rank(not finite, state.dist.world, state.dist.device):
+        raise FewstepError(f"the weights became NaN/inf by step {state.k}; lower the learning rate "
+                           f"(--lr, now {state.cfg.lr:g}) or check the data; {_kept_checkpoint(state)}")
     distributed.check_in_sync(state.net.parameters(), state.dist.world)
     gens = {}
     for part in distributed.gather_objects({r: state.generators[r].get_state() for r in state.my_streams}, state.dist.world):
         gens.update(part)
-    if not state.dist.main:
-        return
-    if not all(torch.isfinite(p).all() for p in state.net.parameters()):
-        raise FewstepError(f"the weights became non-finite by step {state.k}; lower the learning rate "
-                           f"(--lr, now {state.cfg.lr}); the last good checkpoint {path} is kept")
+    distributed.on_main(lambda: _write_checkpoint(state, path, gens), state.dist)
+    state.saved_k = state.k
+
+
+def _write_checkpoint(state, path, gens):
     tensors = {**flatten("net", state.net.state_dict()), **flatten("ema", state.ema.state_dict())}
     if state.target is not None:
         tensors.update(flatten("target", state.target.state_dict()))
@@ -153,7 +197,7 @@ def restore(state, path):
     torch.set_rng_state(tensors["rng.torch"])
     for r, g in state.generators.items():
         g.set_state(tensors[f"rng.stream.{r}"])
-    state.k = meta["k"]
+    state.k = state.saved_k = meta["k"]
 
 
 # Fields that may change when a run is resumed; any other change would make it a different run.
@@ -206,12 +250,7 @@ def train(cfg, run_dir, resume=False, progress=True, teacher=None):
     if cfg.streams % dist_info.world:
         raise FewstepError(f"{dist_info.world} processes cannot share {cfg.streams} streams; launch a number "
                            f"of processes that divides --set streams (or set streams to a multiple of {dist_info.world})")
-    if dist_info.main:
-        cfg, ckpt_to_resume = prepare_run_dir(cfg.validate(), run_dir, resume)
-    distributed.barrier(dist_info.world)
-    if not dist_info.main:
-        cfg, ckpt_to_resume = load_config(run_dir), (os.path.join(run_dir, CHECKPOINT) if resume else None)
-        ckpt_to_resume = ckpt_to_resume if ckpt_to_resume and os.path.exists(ckpt_to_resume) else None
+    cfg, ckpt_to_resume = distributed.on_main(lambda: prepare_run_dir(cfg.validate(), run_dir, resume), dist_info)
     state = build_state(cfg, teacher, dist_info)
     if ckpt_to_resume:
         restore(state, ckpt_to_resume)

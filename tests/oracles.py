@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from fewstep.data.toy2d import GaussianMixture
 from fewstep.sampling import sample_heun
 from fewstep.schedules import karras_sigmas
 
@@ -74,3 +75,23 @@ def langevin_affine(levels, n_steps, step_scale, s2, denoise=True):
             yield 1 - delta / (2 * (s2 + sigma ** 2)), delta
     if denoise:
         yield s2 / (s2 + levels[-1] ** 2), 0.0
+
+
+class LabelledMixture:
+    """Two 2-D Gaussians whose samples carry their component as the class label: a class-conditional
+    dataset small enough for training tests (register it with `use_labelled_mixture`)."""
+
+    num_classes, dim = 2, 2
+
+    def __init__(self):
+        self.gm = GaussianMixture(torch.tensor([[-0.5, 0.0], [0.5, 0.0]]), [0.1])
+
+    def sample(self, n, generator=None):
+        x, k = self.gm.sample(n, generator, labels=True)
+        return {"x": x, "class_labels": k}
+
+
+def use_labelled_mixture(monkeypatch):
+    """Make --data labelled (a LabelledMixture) available for this test."""
+    from fewstep.data import DATASETS
+    monkeypatch.setitem(DATASETS, "labelled", LabelledMixture)

@@ -16,7 +16,7 @@ from fewstep.train import build_state, restore, save, train
 
 
 def _cfg(**kw):
-    # CT exercises the EMA target and mu(k); dropout exercises the global RNG.
+    # CT exercises the EMA target and mu(k); dropout exercises the streams' dropout RNG.
     base = dict(method="ct", steps=20, batch=64, ckpt_every=5, log_every=5,
                 net_kwargs={"width": 16, "depth": 1, "dropout": 0.1})
     return TrainConfig(**{**base, **kw})
@@ -75,11 +75,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(ConsistencyTraining, "__call__", poisoned)
     run = str(tmp_path / "nan")
-    with pytest.raises(FewstepError, match="loss became nan at step 7.*last good checkpoint"):
+    with pytest.raises(FewstepError, match=r"loss is NaN at step 8; lower .*--lr.*check the data.*"
+                                           r"last good checkpoint \(step 5\) is kept"):
         train(_cfg(), run, progress=False)
     tensors, meta = load_checkpoint(os.path.join(run, CHECKPOINT))
     assert meta["k"] == 5 and all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
     assert [f for f in os.listdir(run) if f.startswith(".tmp")] == []
+
+
+def test_nan_loss_before_the_first_checkpoint_says_so(tmp_path, monkeypatch):
+    real_call = ConsistencyTraining.__call__
+    monkeypatch.setattr(ConsistencyTraining, "__call__", lambda *a, **kw: real_call(*a, **kw) * float("inf"))
+    with pytest.raises(FewstepError, match="loss is infinite at step 1;.*no checkpoint was written yet"):
+        train(_cfg(), str(tmp_path / "inf"), progress=False)
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):
@@ -147,6 +155,6 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     before = open(os.path.join(run, CHECKPOINT), "rb").read()
     with torch.no_grad():
         next(state.net.parameters()).fill_(float("inf"))
-    with pytest.raises(FewstepError, match="non-finite.*last good checkpoint"):
+    with pytest.raises(FewstepError, match=r"NaN/inf by step 5.*--lr.*last good checkpoint \(step 5\) is kept"):
         save(state, os.path.join(run, CHECKPOINT))
     assert open(os.path.join(run, CHECKPOINT), "rb").read() == before

@@ -6,13 +6,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--steps", "40", "--batch", "64", "--set", "net.width=16", "--set", "net.depth=1", "--quiet"]
 
 
 def fewstep(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    # one thread: tiny models gain nothing from more, and on a busy machine their threads spin-wait
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "fewstep", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=300)
 
@@ -101,3 +103,57 @@ def test_bad_sampling_arguments(runs):
     assert_one_line_error(fewstep("sample", student, "--n", "0"), "at least 1")
     assert_one_line_error(fewstep("sample", student, "--sampler", "heun"), "consistency")
     assert_one_line_error(fewstep("sample", teacher, "--sampler", "consistency"), "heun")
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A class-conditional U-Net run on a folder of 16 x 16 gray PNGs (2 classes), trained without label
+    dropout: small enough to train in a second, and the wrong shape for eval's feature classifier."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("image_run")
+    for i in range(4):
+        os.makedirs(root / "data" / f"class{i % 2}", exist_ok=True)
+        Image.new("L", (16, 16), color=60 * i).save(root / "data" / f"class{i % 2}" / f"{i}.png")
+    run = root / "run"
+    r = fewstep("train", "edm", "--data", "folder", "--net", "unet", "--set", "net.config=cpu-tiny", "--set",
+                f"data.root={root / 'data'}", "--set", "data.resolution=16", "--set", "cond=true",
+                "--steps", "1", "--batch", "4", "--out", run, "--quiet")
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def test_sample_on_an_image_run_writes_grids(image_run, tmp_path):
+    r = fewstep("sample", image_run, "--steps", "1,2", "--n", "6", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = json.load(open(tmp_path / "metrics.json"))
+    assert [row["nfe"] for row in rows] == [1, 3] and all(row["images_per_sec"] > 0 for row in rows)   # Heun
+    for s in (1, 2):
+        assert os.path.getsize(tmp_path / f"samples_{s}steps.png") > 0
+        assert tuple(torch.load(tmp_path / f"steps{s}.pt").shape) == (6, 1, 16, 16)
+
+
+def test_eval_errors(image_run, runs):
+    teacher, _ = runs
+    assert_one_line_error(fewstep("eval", image_run, "--guidance", "2"), "label_dropout=0", "--set label_dropout=0.1")
+    assert_one_line_error(fewstep("eval", image_run), "1x16x16", "1x28x28")
+    assert_one_line_error(fewstep("eval", image_run, "--classifier", teacher, "--guidance", "1"),
+                          "not a guidance classifier", "fewstep train classifier")
+
+
+@pytest.mark.parametrize("setting, phrase", [("label_dropout=abc", "label_dropout must be a number, got 'abc'"),
+                                             ("steps=2.5", "steps must be an integer"),
+                                             ("cond=1", "cond must be true or false"),
+                                             ("mu0=abc", "method option mu0 must be a number"),
+                                             ("s1=2.5", "method option s1 must be an integer")])
+def test_wrongly_typed_config_fields(tmp_path, setting, phrase):
+    assert_one_line_error(fewstep("train", "ct", "--out", tmp_path / "x", "--set", setting), phrase)
+    assert not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.parametrize("args, phrase", [(["--budget", "teacher=abc"], "--budget expects NAME=STEPS"),
+                                          (["--budget", "foo"], "--budget expects NAME=STEPS"),
+                                          (["--budget", "foo=3"], "unknown run(s) ['foo']"),
+                                          (["--methods", "teacher,bogus"], "unknown run(s) ['bogus']")])
+def test_bad_bench_arguments(tmp_path, args, phrase):
+    assert_one_line_error(fewstep("bench", "--out", tmp_path / "b", *args), phrase)
+    assert not os.path.exists(tmp_path / "b")

@@ -11,6 +11,7 @@ from fewstep.errors import FewstepError
 from fewstep.evaluate import crop_to, evaluate
 from fewstep.metrics.features import FMNIST_CLASSIFIER, load_feature_net
 from fewstep.train import train
+from oracles import use_labelled_mixture
 
 HAVE_FMNIST = os.path.isdir("/usr/share/datasets/fashion-mnist")
 
@@ -62,3 +63,34 @@ def test_classifier_guidance_end_to_end(tmp_path):
         evaluate(clf, [1], n=4)
     with pytest.raises(FewstepError, match="fewstep train classifier"):
         TrainConfig(method="classifier", net="classifier", **base).validate()
+
+
+def test_eval_refuses_before_reading_any_data(tmp_path, monkeypatch):
+    # CFG on a run that never learned the null label, and a --classifier that is not a classifier: one
+    # line each, decided from the configs before the feature network or any dataset is read
+    import fewstep.evaluate as evaluate_module
+    use_labelled_mixture(monkeypatch)
+    monkeypatch.setattr(evaluate_module, "load_feature_net", lambda: pytest.fail("read the feature net"))
+    run = str(tmp_path / "cond")
+    train(TrainConfig(method="edm", data="labelled", cond=True, steps=1, batch=8, net_kwargs={"width": 8, "depth": 1}),
+          run, progress=False)
+    with pytest.raises(FewstepError, match="label_dropout=0: retrain it with --set label_dropout=0.1"):
+        evaluate(run, [1], n=4, guidance=2.0)
+    with pytest.raises(FewstepError, match="not a guidance classifier"):
+        evaluate(run, [1], n=4, guidance=2.0, classifier_run=run)
+
+
+def test_sample_images_puts_labels_on_the_models_device(monkeypatch):
+    # the labels must live where the model does (CUDA too); checked here through the device generate sees
+    import fewstep.evaluate as evaluate_module
+    from fewstep.nets import UNet
+    from fewstep.precond import EDMPrecond
+    seen = []
+    monkeypatch.setattr(evaluate_module, "generate", lambda model, cfg, m, s, cond=None, **kw: (
+        seen.append(cond["class_labels"].device) or torch.zeros(m, 1, 8, 8), 1))
+    model = EDMPrecond(UNet(img_resolution=8, in_channels=1, model_channels=8, channel_mult=(1,), num_blocks=1,
+                            attn_resolutions=(), num_classes=3)).to("meta")
+    x, nfe, _ = evaluate_module.sample_images(model, TrainConfig(cond=True), 5, 1, batch=2)
+    assert x.shape == (5, 1, 8, 8) and seen == [torch.device("meta")] * 3
+    with pytest.raises(FewstepError, match="at least 1"):
+        evaluate_module.sample_images(model, TrainConfig(cond=True), 0, 1)

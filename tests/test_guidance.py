@@ -1,10 +1,18 @@
 """Guidance against closed forms on a two-class Gaussian toy (seed 002)."""
 
+import functools
+
 import pytest
 import torch
 
+from fewstep.config import TrainConfig
 from fewstep.data.toy2d import GaussianMixture
+from fewstep.generate import generate
 from fewstep.guidance import ClassifierFreeGuidance, ClassifierGuidance, drop_labels
+from fewstep.runs import build_model, load_model
+from fewstep.sampling import SAMPLERS, sample_langevin
+from fewstep.train import train
+from oracles import use_labelled_mixture
 
 MEANS = torch.tensor([[-0.6, 0.2], [0.5, -0.3]], dtype=torch.float64)
 STD, NULL = 0.3, 2
@@ -74,3 +82,45 @@ def test_guidance_needs_labels():
     x, sigma, _ = _inputs()
     with pytest.raises(ValueError, match="class_labels"):
         ClassifierFreeGuidance(exact_D, 1.0, NULL)(x, sigma)
+
+
+#----------------------------------------------------------------------------
+# Guided run models through the samplers (a tiny class-conditional MLP on a labelled 2-D mixture).
+
+TINY = dict(data="labelled", cond=True, label_dropout=0.1, net_kwargs={"width": 8, "depth": 1})
+
+
+def _sample(model, cfg, sampler, steps=3):
+    y = torch.arange(8) % 2
+    return generate(model, cfg, 8, steps, sampler=sampler, cond={"class_labels": y},
+                    generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("sampler", [*SAMPLERS, "consistency"])
+def test_guidance_runs_through_every_sampler(monkeypatch, sampler):
+    use_labelled_mixture(monkeypatch)
+    monkeypatch.setitem(SAMPLERS, "langevin", functools.partial(sample_langevin, n_steps=5))   # not 100: fast
+    cfg = TrainConfig(method="ct" if sampler == "consistency" else "edm", **TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval().requires_grad_(False)
+    torch.nn.init.normal_(model.net.out.weight, std=0.5)        # zero at init, where labels would not matter
+    plain, _ = _sample(model, cfg, sampler)
+    unguided, _ = _sample(ClassifierFreeGuidance(model, 0.0, null_label=2), cfg, sampler)
+    guided, _ = _sample(ClassifierFreeGuidance(model, 2.0, null_label=2), cfg, sampler)
+    assert torch.equal(unguided, plain)                          # w = 0 is the conditional model, bit for bit
+    assert guided.shape == plain.shape == (8, 2) and torch.isfinite(guided).all()
+    assert not torch.allclose(guided, plain)
+
+
+def test_cfg_guided_ddim_on_a_vp_run(tmp_path, monkeypatch):
+    # generate reads model.process for VP runs: the guidance wrapper must answer for the model it wraps
+    use_labelled_mixture(monkeypatch)
+    train(TrainConfig(method="ddpm", steps=2, batch=16, **TINY), str(tmp_path / "ddpm"), progress=False)
+    model, cfg = load_model(str(tmp_path / "ddpm"))
+    guided = ClassifierFreeGuidance(model, 2.0, null_label=model.net.num_classes)
+    assert guided.process is model.process and guided.net is model.net
+    x, nfe = _sample(guided, cfg, "ddim", steps=4)
+    assert x.shape == (8, 2) and torch.isfinite(x).all() and nfe == _sample(model, cfg, "ddim", steps=4)[1]
+    unguided = _sample(ClassifierFreeGuidance(model, 0.0, null_label=2), cfg, "ddim", steps=4)[0]
+    assert torch.equal(unguided, _sample(model, cfg, "ddim", steps=4)[0])
+    assert not hasattr(ClassifierFreeGuidance(exact_D, 1.0, NULL), "process")     # a plain function has none

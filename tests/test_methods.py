@@ -15,7 +15,7 @@ from fewstep.runs import build_model
 from fewstep.sampling import consistency_taus, sample_consistency
 from fewstep.schedules import sample_karras_uniform
 from fewstep.train import train
-from oracles import as_denoiser
+from oracles import as_denoiser, use_labelled_mixture
 
 GMM = gmm_ring()
 
@@ -152,6 +152,56 @@ def test_continuous_ct_gradient_is_the_limit_of_discrete_ct():
     ((f(x + t[:, None] * z, t) - target).square().sum(1).mean() / h).backward()
     assert f.a.grad.item() == pytest.approx(g_cont, rel=1e-3)
     assert abs(g_cont) > 1e-3
+
+
+def test_ict_target_draws_the_students_dropout_masks_and_the_ema_target_none():
+    # _pair_loss runs the target on a copy of the student's RNG state: iCT's target (the online network,
+    # theta^- = stopgrad(theta), seed 004) is then the very function being trained, so at equal inputs
+    # the loss is exactly 0; CT's EMA target stays in eval mode, without dropout.
+    from fewstep.ema import EMA
+    from fewstep.methods import ConsistencyTraining, ImprovedConsistencyTraining
+    from fewstep.methods.consistency import _pair_loss
+    torch.manual_seed(0)
+    net = build_model(TrainConfig(method="ict", net_kwargs={"width": 32, "depth": 2, "dropout": 0.5})).train()
+    torch.nn.init.normal_(net.net.out.weight)                 # zero at init, which would hide the masks
+    x, t = torch.randn(256, 2), torch.full((256,), 1.0)
+    ict = ImprovedConsistencyTraining(K=10, distance="l2", weighting="uniform")
+    assert _pair_loss(ict, net, net, x, t, x, t, {}).item() == 0
+    ema = EMA(net, 0.9).module
+    assert not ema.training and torch.equal(ema(x, t), ema(x, t))
+    assert _pair_loss(ConsistencyTraining(K=10), net, ema, x, t, x, t, {}).item() > 0
+
+
+def test_teacher_guidance_equals_a_cfg_wrapped_teacher(tmp_path, monkeypatch):
+    # teacher_guidance = w guides the teacher loaded from --teacher and a teacher object passed by the
+    # caller alike: both equal CD whose teacher is ClassifierFreeGuidance(teacher, w), bit for bit.
+    from fewstep.guidance import ClassifierFreeGuidance
+    from fewstep.runs import load_teacher
+    use_labelled_mixture(monkeypatch)
+    base = dict(data="labelled", cond=True, label_dropout=0.1, steps=3, batch=32, net_kwargs={"width": 8, "depth": 1})
+    teacher_run = str(tmp_path / "teacher")
+    train(TrainConfig(method="edm", **base), teacher_run, progress=False)
+    teacher, _ = load_teacher(teacher_run)
+    cd = dict(method="cd", teacher=teacher_run, init_from_teacher=False, method_kwargs={"N": 8}, **base)
+
+    def weights(run, teacher=None, **kw):
+        return train(TrainConfig(**cd, **kw), str(tmp_path / run), progress=False, teacher=teacher).net.state_dict()
+
+    want = weights("wrapped", ClassifierFreeGuidance(teacher, 2.0, null_label=2))
+    for got in (weights("loaded", teacher_guidance=2.0), weights("passed", teacher, teacher_guidance=2.0)):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    unguided = weights("unguided", teacher)
+    assert not all(torch.equal(unguided[k], want[k]) for k in want)
+
+
+def test_teacher_guidance_needs_a_teacher_that_learned_the_null_label(tmp_path, monkeypatch):
+    from fewstep.errors import FewstepError
+    use_labelled_mixture(monkeypatch)
+    base = dict(data="labelled", cond=True, steps=1, batch=8, net_kwargs={"width": 8, "depth": 1})
+    train(TrainConfig(method="edm", **base), str(tmp_path / "teacher"), progress=False)        # label_dropout = 0
+    cfg = TrainConfig(method="cd", teacher=str(tmp_path / "teacher"), teacher_guidance=2.0, **base)
+    with pytest.raises(FewstepError, match="label_dropout=0.*retrain it with --set label_dropout=0.1"):
+        train(cfg, str(tmp_path / "cd"), progress=False)
 
 #----------------------------------------------------------------------------
 # Training on the 8-mode mixture: the 1-step error to the true consistency function and the 1-step

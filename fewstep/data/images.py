@@ -120,6 +120,26 @@ class FashionMNIST(InMemoryImages):
             images = _pad(images, pad_to)
         super().__init__(images, torch.from_numpy(labels).long(), list(FASHION_MNIST_CLASSES))
 
+def hsv_to_rgb(h, s, v):
+    """Colors (..., 3) in [0, 1] from hue, saturation, value in [0, 1] (the standard hexcone formula)."""
+    n = torch.tensor([5.0, 3.0, 1.0])
+    k = (n + h[..., None] * 6) % 6
+    return v[..., None] - (v * s)[..., None] * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+class TintedFashionMNIST(InMemoryImages):
+    """An RGB set built in-process for colorization: each Fashion-MNIST garment tinted with one color
+    drawn per image (hue uniform, saturation in [0.5, 1], full value), rgb = gray x color, 3 x 28 x 28.
+    The colors depend only on `seed` and the split, so the set is the same on every machine."""
+
+    def __init__(self, split="train", root=FASHION_MNIST_ROOT, seed=0):
+        gray = FashionMNIST(split, root)
+        g = torch.Generator().manual_seed(seed + (split != "train"))
+        n = len(gray.images)
+        color = hsv_to_rgb(torch.rand(n, generator=g), 0.5 + 0.5 * torch.rand(n, generator=g), torch.ones(n))
+        rgb = gray.images.float() * color[:, :, None, None]             # (N, 1, H, W) x (N, 3, 1, 1)
+        super().__init__(rgb.round().to(torch.uint8), gray.labels, gray.class_names)
+
 #----------------------------------------------------------------------------
 # A folder of PNG/JPEG files.
 

@@ -110,7 +110,11 @@ def _ct_pair_loss(method, net, target, x, cond, t_n, t_n1, generator):
 
 def _pair_loss(method, net, target, x_n1, t_n1, x_n, t_n, cond):
     """lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), stopgrad f_target(x_{t_n}, t_n)), averaged over the batch.
-    The target's pass and the student's see the same dropout mask (one RNG state for both)."""
+
+    Dropout: the target's pass runs on a copy of the RNG state that the student's pass then uses, so a
+    target in train mode draws the student's masks. iCT's target is the online network itself, theta^- =
+    stopgrad(theta) with no EMA (seed 004): in train mode, with the same masks, it is the very function
+    f_theta being trained. CD's and CT's target is the EMA theta^- (seed 000), kept in eval mode: no dropout."""
     with torch.random.fork_rng(devices=[x_n.device] if x_n.device.type == "cuda" else []), torch.no_grad():
         f_target = target(x_n, t_n, **cond)
     return (_weight(method.weighting, t_n, t_n1) * method.d(net(x_n1, t_n1, **cond), f_target)).mean()
