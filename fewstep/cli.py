@@ -255,6 +255,8 @@ def main(argv=None):
         args.func(args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()     # gloo aborts at exit when its group is left open
         return 2
     except KeyboardInterrupt:
         print("fewstep: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)

@@ -101,6 +101,8 @@ with torch.no_grad():
 try:
     save(state, sys.argv[1])
 except FewstepError as e:
+    torch.distributed.barrier()              # both ranks are done with gloo before either exits
+    torch.distributed.destroy_process_group()
     sys.exit(f"fewstep: error: {e}")     # exit code 1 and the line, as the CLI would print it
 """
 
