@@ -153,7 +153,7 @@ def solve_inverse(model, cfg, m, constraint, steps, *, sampler=None, taus=None, 
 def sample_from(model, cfg, x, sigma, steps, *, sampler=None, generator=None, cond=None):
     """(images, NFE): the sampler run from images x already at noise level sigma down to the data.
     A consistency model with steps = 1 is one call f(x, sigma); a teacher's steps walk a Karras grid
-    from sigma to 0 (steps = 1 with Euler is one call D(x, sigma), the posterior mean E[x0 | x])."""
+    from sigma to 0 (steps = 1 is one call D(x, sigma), the posterior mean E[x0 | x], for any of them)."""
     _check_sigma(cfg, sigma)
     sampler = pick_sampler(cfg, sampler)
     try:
