@@ -13,40 +13,69 @@ from safetensors.torch import load_file, save_file
 from .errors import FewstepError
 
 FORMAT = "fewstep-checkpoint-1"
+TMP_PREFIX = ".tmp-"        # a write in progress; a killed write leaves one, removed when the run starts again
+
+
+def make_dir(path, what="output folder"):
+    """os.makedirs(path, exist_ok=True), with one line when the place cannot hold a folder."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise FewstepError(f"{what} {path} is a file, not a folder; choose another path") from None
+    except OSError as e:
+        raise FewstepError(f"cannot create the {what} {path} ({e.strerror or e}); choose a writable place") from None
+    return path
 
 
 def atomic_write(path, write):
-    """Call write(tmp_path) and then atomically move the finished file to path."""
+    """Call write(tmp_path) and then atomically move the finished file to path. Any failure (a full or
+    read-only disk included) leaves the file at path as it was, and no temporary file behind."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
+    make_dir(folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.basename(path))
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise FewstepError(f"cannot write {path} ({e.strerror or e}); free space or choose a writable place "
+                           "(the previous file, if any, is unchanged)") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
-def write_json(path, obj):
+def write_text(path, text):
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
     atomic_write(path, write)
 
 
-def read_json(path, what="file"):
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path, what="file", kind=None):
+    """The JSON value in path; kind=dict (or list) also requires that type. Every failure is one line."""
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except FileNotFoundError:
         raise FewstepError(f"{what} {path} not found; check the path") from None
+    except IsADirectoryError:
+        raise FewstepError(f"{what} {path} is a folder, not a JSON file; pass the file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FewstepError(f"{what} {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); fix or delete it") from None
+    except OSError as e:
+        raise FewstepError(f"cannot read {what} {path} ({e.strerror or e}); check the path") from None
+    if kind is not None and not isinstance(value, kind):
+        shape = "an object {...}" if kind is dict else "a list [...]"
+        raise FewstepError(f"{what} {path} holds a JSON {type(value).__name__}, not {shape}; fix or replace it")
+    return value
 
 
 def flatten(prefix, state):

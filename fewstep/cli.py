@@ -1,18 +1,27 @@
-"""The `fewstep` command: train, sample, demo. Every user error is one line and exit code 2."""
+"""The `fewstep` command: train, resume, info, sample, eval, edit, bench, demo.
+
+Every user error is one line on stderr and exit code 2; Ctrl-C is one line and exit code 130. This
+module imports only the standard library at the top: torch loads inside the commands, so `fewstep
+--help` answers at once and a Ctrl-C while fewstep starts is caught like any other.
+"""
 
 import argparse
 import json
 import os
 import sys
-import time
 
-import torch
-
-from .config import TrainConfig
+from . import __version__
 from .errors import FewstepError
-from .methods import METHODS
 
-FIELDS = set(TrainConfig.__dataclass_fields__)
+DEBUG = "FEWSTEP_DEBUG"        # set it to see the traceback of an unexpected error
+MAX_SEED = 2 ** 62
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its own are a usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def parse_value(text):
@@ -22,8 +31,14 @@ def parse_value(text):
         return text
 
 
+def config_fields():
+    from .config import TrainConfig
+    return set(TrainConfig.__dataclass_fields__)
+
+
 def apply_sets(cfg_dict, sets):
     """--set key=value: a TrainConfig field, net.X / data.X / method.X, or (bare) a method option."""
+    fields = config_fields()
     for item in sets or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -32,7 +47,7 @@ def apply_sets(cfg_dict, sets):
         group, dot, name = key.partition(".")
         if dot and group in ("net", "data", "method"):
             cfg_dict[f"{group}_kwargs"] = {**cfg_dict.get(f"{group}_kwargs", {}), name: value}
-        elif key in FIELDS:
+        elif key in fields:
             cfg_dict[key] = value
         else:
             cfg_dict["method_kwargs"] = {**cfg_dict.get("method_kwargs", {}), key: value}
@@ -40,40 +55,131 @@ def apply_sets(cfg_dict, sets):
 
 
 def parse_taus(text):
+    import math
     try:
-        return [float(t) for t in text.split(",")]
+        taus = [float(t) for t in text.split(",")]
     except ValueError:
-        raise FewstepError(f"--tau must be decreasing numbers separated by commas, like 80,0.8; got {text!r}") from None
+        taus = None
+    if not taus or not all(math.isfinite(t) and t > 0 for t in taus):
+        raise FewstepError(f"--tau must be positive numbers separated by commas, largest first, like 80,0.8; got {text!r}")
+    return taus
+
+#----------------------------------------------------------------------------
+# Argument types: a bad value is one line from the parser.
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def seed_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**62), got {text!r}")
+    return value
+
+
+def finite_float(text):
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def folder(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
+    return text
+
+#----------------------------------------------------------------------------
+# Commands.
 
 
 def cmd_train(args):
-    from .train import train
+    """A new run, or (--resume) the run in --out continued: its config.json is the base that flags change."""
+    from .checkpoint import read_json
+    from .runs import CONFIG
     cfg = {}
+    stored = os.path.join(args.out, CONFIG)
+    if args.resume and os.path.isfile(stored):
+        cfg = read_json(stored, "run config", kind=dict)
     if args.config:
-        from .checkpoint import read_json
-        cfg = read_json(args.config, "config file")
+        cfg.update(read_json(args.config, "config file", kind=dict))
     cfg["method"] = args.method
     for name in ("teacher", "data", "net", "steps", "batch", "lr", "seed", "ema"):
         if getattr(args, name) is not None:
             cfg[name] = getattr(args, name)
-    if cfg.get("teacher"):
-        cfg["teacher"] = os.path.abspath(cfg["teacher"])
-    cfg = TrainConfig.from_dict(apply_sets(cfg, args.set)).validate()
+    if cfg.get("teacher") and isinstance(cfg["teacher"], str):
+        cfg["teacher"] = os.path.abspath(os.path.expanduser(cfg["teacher"]))
+    run_training(apply_sets(cfg, args.set), args.out, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_resume(args):
+    """Continue a run from its folder alone; --steps N trains it to step N (default: the steps it was given)."""
+    from .runs import CHECKPOINT, load_config
+    cfg = load_config(args.run).to_dict()
+    if not os.path.isfile(os.path.join(args.run, CHECKPOINT)):
+        raise FewstepError(f"{args.run} has no checkpoint to resume (it stopped before its first one); start it "
+                           f"again with fewstep train {cfg['method']} --out {args.run} --resume")
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+    run_training(cfg, args.run, resume=True, quiet=args.quiet)
+
+
+def run_training(cfg_dict, out, resume, quiet):
+    import time
+
+    from .config import TrainConfig
+    from .train import train
+    cfg = TrainConfig.from_dict(cfg_dict).validate()
     t0 = time.perf_counter()
-    state = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    print(f"trained {cfg.method} for {state.k} steps in {time.perf_counter() - t0:.1f}s -> {args.out}")
+    state = train(cfg, out, resume=resume, progress=not quiet)
+    if state.k == state.start_k:
+        print(f"{out} is already trained to step {state.k} of {state.cfg.steps}; nothing to do "
+              f"(train longer with: fewstep resume {out} --steps N)")
+    else:
+        print(f"trained {cfg.method} from step {state.start_k} to {state.k} in {time.perf_counter() - t0:.1f}s -> {out}")
+
+
+def cmd_info(args):
+    from .runs import describe_run
+    print(describe_run(args.run))
+
+
+def cmd_methods(args):
+    from .config import method_options
+    print(method_options(args.method))
 
 
 def cmd_sample(args):
-    from .generate import generate, parse_steps
+    import torch
+
+    import time
+
+    from .generate import check_sampling, generate, parse_steps
     from .metrics.toy import consistency_error, sample_distance
     from .plots import scatter_grid
     from .runs import build_dataset, load_model
+    from .outputs import output_dir
     steps = parse_steps(args.steps)
-    model, cfg = load_model(args.run, args.which)
-    out = args.out or os.path.join(args.run, "samples")
-    os.makedirs(out, exist_ok=True)
     taus = parse_taus(args.tau) if args.tau else None
+    model, cfg = load_model(args.run, args.which)
+    check_sampling(cfg, args.sampler, taus)
+    out = output_dir(args.out, os.path.join(args.run, "samples"), ["metrics.json", "samples*.png", "steps*.pt"],
+                     args.overwrite)         # after the checks: a command that cannot run leaves no folder
     if hasattr(getattr(model, "net", None), "img_shape"):       # the 2-D metrics below do not apply
         return sample_image_run(args, model, cfg, steps, taus, out)
     data = build_dataset(cfg)
@@ -102,6 +208,8 @@ def cmd_sample(args):
 def sample_image_run(args, model, cfg, steps, taus, out):
     """`fewstep sample` on an image run: per step count a PNG grid, the samples, NFE and images/s
     (FD and precision/recall are `fewstep eval`'s)."""
+    import torch
+
     from .evaluate import sample_images
     from .plots import image_grid
     rows = []
@@ -121,7 +229,8 @@ def cmd_eval(args):
     from .evaluate import evaluate
     from .generate import parse_steps
     evaluate(args.run, parse_steps(args.steps), n=args.n, sampler=args.sampler, guidance=args.guidance,
-             classifier_run=args.classifier, seed=args.seed, out=args.out, progress=not args.quiet)
+             classifier_run=args.classifier, seed=args.seed, out=args.out, overwrite=args.overwrite,
+             progress=not args.quiet)
 
 
 def cmd_train_classifier(args):
@@ -147,85 +256,125 @@ def cmd_demo(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="fewstep", description="Few-step generative modeling: consistency "
-                                "models and diffusion distillation.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from .edit import TASKS
+    from .methods import METHODS
+    from .metrics.features import FMNIST_CLASSIFIER
+    p = Parser(prog="fewstep", description="Few-step generative modeling: consistency models and diffusion "
+               "distillation. `fewstep COMMAND --help` describes each command.")
+    p.add_argument("--version", action="version", version=f"fewstep {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a teacher (edm, ddpm) or a few-step model (cd, ct, ict, ...)")
+    t = sub.add_parser("train", help="train a teacher (edm, ddpm) or a few-step model (cd, ct, ict, ...)",
+                       description="Train a run into --out: config.json, checkpoint.safetensors, metrics.jsonl, "
+                       "tensorboard/. `fewstep methods` lists each method's options and defaults.")
     t.add_argument("method", help=f"one of: {', '.join(METHODS)}")
-    t.add_argument("--out", required=True, help="run folder to write (config.json, checkpoint.safetensors, metrics.jsonl)")
+    t.add_argument("--out", required=True, type=folder, help="run folder to write (new or empty; with --resume, "
+                   "the run to continue)")
     t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous)")
     t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral, "
-                   "fashion-mnist, folder (--set data.root=DIR)")
-    t.add_argument("--net", help="raw network: mlp (default) or unet (images; --set net.config=cpu-tiny|cpu|gpu)")
-    t.add_argument("--steps", type=int, help="training steps (default 4000)")
-    t.add_argument("--batch", type=int, help="batch size (default 512)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    t.add_argument("--ema", type=float, help="EMA rate of the sampling model (default 0.999)")
-    t.add_argument("--seed", type=int, help="seed (default 0)")
-    t.add_argument("--config", help="a JSON file of TrainConfig fields; flags override it")
+                   "fashion-mnist, fashion-mnist-rgb, folder (--set data.root=DIR)")
+    t.add_argument("--net", help="raw network: mlp (default) or unet (images; default size cpu-tiny, 0.5M "
+                   "parameters; --set net.config=cpu or gpu for larger)")
+    t.add_argument("--steps", type=positive_int, help="training steps (default 4000)")
+    t.add_argument("--batch", type=positive_int, help="batch size (default 512 for 2-D data, 64 for images)")
+    t.add_argument("--lr", type=finite_float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--ema", type=finite_float, help="EMA rate of the sampling model (default 0.999)")
+    t.add_argument("--seed", type=seed_int, help="seed (default 0)")
+    t.add_argument("--config", help="a JSON file of config fields; flags override it")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config field or method option, e.g. --set solver=euler --set net.width=256")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                   "(its config.json supplies every option not given; a run without a checkpoint starts over)")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="sample a run at several step counts; writes PNG, samples and metrics")
+    r = sub.add_parser("resume", help="continue a run from its folder alone",
+                       description="Continue a run from its last checkpoint with the config it was started with; "
+                       "the result equals an uninterrupted run bit for bit.")
+    r.add_argument("run", help="run folder")
+    r.add_argument("--steps", type=positive_int, help="train to this step (default: the run's own steps)")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.set_defaults(func=cmd_resume)
+
+    i = sub.add_parser("info", help="a run's config, steps done and last metrics",
+                       description="Print what a run folder holds: method, data, network, the resolved config, "
+                       "the checkpoint's step and parameter count, the last logged metrics and earlier outputs.")
+    i.add_argument("run", help="run folder")
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("methods", help="the training methods and their options with defaults",
+                       description="Each training method with the seed it implements and its options "
+                       "(set with --set NAME=VALUE) with their defaults.")
+    m.add_argument("method", nargs="?", help="only this method")
+    m.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("sample", help="sample a run at several step counts; writes PNG, samples and metrics",
+                       description="Sample a run at each step count: a PNG grid, the samples (.pt) and metrics.json "
+                       "(2-D runs: sliced W2 and the 1-step error to the true consistency function; image runs: "
+                       "NFE and images/s). Writes a new folder RUN/samples/NNN unless --out is given.")
     s.add_argument("run", help="run folder")
     s.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
     s.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm, langevin (teachers)")
-    s.add_argument("--tau", help="explicit consistency time points T,tau_1,... (decreasing)")
-    s.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tau", help="consistency models: explicit time points T,tau_1,... (decreasing)")
+    s.add_argument("--n", type=positive_int, default=2000, help="number of samples (default 2000)")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--which", default="ema", choices=["ema", "net", "target"], help="which weights (default ema)")
-    s.add_argument("--out", help="output folder (default RUN/samples)")
+    s.add_argument("--out", help="output folder (default: a new RUN/samples/NNN)")
+    s.add_argument("--overwrite", action="store_true", help="replace the outputs already in --out")
     s.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("eval", help="image runs: FD, precision/recall and images/s against NFE")
+    e = sub.add_parser("eval", help="image runs: FD, precision/recall and images/s against NFE",
+                       description="Measure an image run at each step count: FD and precision/recall in the shipped "
+                       "Fashion-MNIST classifier's features against the test split, images/s, grids and a FD-vs-NFE "
+                       "plot. Writes a new folder RUN/eval/NNN unless --out is given.")
     e.add_argument("run", help="run folder")
     e.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
-    e.add_argument("--n", type=int, default=10000, help="samples per step count (default 10000)")
+    e.add_argument("--n", type=positive_int, default=10000, help="samples per step count (default 10000)")
     e.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm (teachers)")
-    e.add_argument("--guidance", type=float, default=0.0, help="guidance scale w: classifier-free for conditional "
-                   "runs, or classifier guidance with --classifier")
+    e.add_argument("--guidance", type=finite_float, default=0.0, help="guidance scale w: classifier-free for "
+                   "conditional runs, or classifier guidance with --classifier")
     e.add_argument("--classifier", help="run folder of a noise-conditional classifier (fewstep train classifier ...)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", help="output folder (default RUN/eval)")
+    e.add_argument("--seed", type=seed_int, default=0)
+    e.add_argument("--out", help="output folder (default: a new RUN/eval/NNN)")
+    e.add_argument("--overwrite", action="store_true", help="replace the outputs already in --out")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier used by eval")
-    from .metrics.features import FMNIST_CLASSIFIER
-    c.add_argument("--out", default=FMNIST_CLASSIFIER)
-    c.add_argument("--epochs", type=int, default=2)
+    c = sub.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier used by eval",
+                       description="Train the feature classifier whose features FD and precision/recall use.")
+    c.add_argument("--out", default=FMNIST_CLASSIFIER, type=folder)
+    c.add_argument("--epochs", type=positive_int, default=2)
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_train_classifier)
 
-    b = sub.add_parser("bench", help="Fashion-MNIST: teacher, CD, CT, iCT under one CPU budget; FD/precision/recall vs NFE")
-    b.add_argument("--out", default="bench_out")
+    b = sub.add_parser("bench", help="Fashion-MNIST: teacher, CD, CT, iCT under one CPU budget; FD/precision/recall vs NFE",
+                       description="Train an EDM teacher, CD from it, CT and iCT (cpu-tiny U-Net, batch 64) under "
+                       "one stated budget and measure each against NFE: FD, precision/recall, images/s, s/step and "
+                       "peak memory. Writes OUT/bench.md, bench.json, fd_vs_nfe.png and grids; re-running reuses "
+                       "finished runs.")
+    b.add_argument("--out", default="bench_out", type=folder, help="output folder (default bench_out)")
     b.add_argument("--methods", default="teacher,cd,ct,ict", help="which runs (teacher is needed by cd)")
     b.add_argument("--budget", help="training steps, e.g. teacher=1500,cd=600,ct=1500,ict=1500")
-    b.add_argument("--n", type=int, default=2000, help="samples per row (default 2000)")
+    b.add_argument("--n", type=positive_int, default=2000, help="samples per row (default 2000)")
     b.add_argument("--write-docs", metavar="FILE", help="append the table to FILE (docs/BENCHMARKS.md)")
     b.set_defaults(func=cmd_bench)
 
-    from .edit import TASKS
     ed = sub.add_parser("edit", help="zero-shot editing: inpaint, colorize, superres, stroke, denoise, interpolate",
                         description="Zero-shot editing with a consistency model (multistep, Algorithm 4 of the CM "
                         "paper) or a diffusion teacher (its ODE/SDE sampler). Writes OUT/TASK.png: one row per "
-                        "input, [observation | results | reference].")
+                        "input, [observation | results | reference]; OUT is a new RUN/edit/NNN unless --out is given.")
     ed.add_argument("task", choices=TASKS)
     ed.add_argument("run", help="run folder of an image model")
     ed.add_argument("--input", nargs="+", metavar="IMAGE", help="PNG/JPEG inputs at the run's size (superres: "
                     "the low-resolution image or a full-size one to downsample; colorize: gray or RGB; "
                     "denoise: the noisy image at noise level --sigma)")
-    ed.add_argument("--from-data", type=int, metavar="N", help="use the first N test images of the run's dataset "
-                    "(stroke: their coarse posterized version; denoise: noised at --sigma)")
+    ed.add_argument("--from-data", type=positive_int, metavar="N", help="use the first N test images of the run's "
+                    "dataset (stroke: their coarse posterized version; denoise: noised at --sigma)")
     ed.add_argument("--mask", help="inpaint: mask image at the run's size, white = pixels to generate")
     ed.add_argument("--box", help="inpaint: the box x0,y0,x1,y1 to generate (pixels, x1/y1 exclusive)")
-    ed.add_argument("--factor", type=int, default=4, help="superres: block size (default 4)")
-    ed.add_argument("--sigma", type=float, help="stroke: noise level to start from (default 1.0); denoise: the "
-                    "input's noise level (default 0.5), in units of the [-1, 1] pixel range")
+    ed.add_argument("--factor", type=positive_int, default=4, help="superres: block size (default 4)")
+    ed.add_argument("--sigma", type=finite_float, help="stroke: noise level to start from (default 1.0); denoise: "
+                    "the input's noise level (default 0.5), in units of the [-1, 1] pixel range")
     ed.add_argument("--add-noise", action="store_true", help="denoise: add N(0, sigma^2) noise to --input first")
     ed.add_argument("--seeds", default="0,1", help="interpolate: the two seeds of the end points (default 0,1)")
     ed.add_argument("--frames", type=int, default=8, help="interpolate: images in the strip (default 8)")
@@ -234,34 +383,59 @@ def build_parser():
     ed.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm (teachers)")
     ed.add_argument("--samples", type=int, help="results per input (default 3; denoise 1)")
     ed.add_argument("--label", type=int, help="class label for a class-conditional run")
-    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--seed", type=seed_int, default=0)
     ed.add_argument("--which", default="ema", choices=["ema", "net", "target"])
-    ed.add_argument("--out", default="edit_out", help="output folder (default edit_out)")
+    ed.add_argument("--out", help="output folder (default: a new RUN/edit/NNN)")
+    ed.add_argument("--overwrite", action="store_true", help="replace this task's outputs already in --out")
     ed.add_argument("--score", metavar="STEPS", help="inpaint / superres on Fashion-MNIST: instead of pictures, "
                     "FD of --n edited test images for each step count, e.g. --score 1,2,4,8")
-    ed.add_argument("--n", type=int, default=1000, help="--score: test images to edit (default 1000)")
+    ed.add_argument("--n", type=positive_int, default=1000, help="--score: test images to edit (default 1000)")
     ed.set_defaults(func=cmd_edit)
 
-    d = sub.add_parser("demo", help="the 2-D demo: teacher, CD, CT and iCT, sampled at 1/2/4 steps")
-    d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    d = sub.add_parser("demo", help="the 2-D demo: teacher, CD, CT and iCT, sampled at 1/2/4 steps",
+                       description="Train an EDM teacher, CD, CT and iCT on the 8-mode Gaussian mixture and sample "
+                       "each at 1, 2 and 4 steps: OUT/demo.png and OUT/metrics.md (sliced W2 to data, 1-step error "
+                       "to the true consistency function). Re-running reuses finished runs.")
+    d.add_argument("--out", default="demo_out", type=folder, help="output folder (default demo_out)")
     d.add_argument("--fast", action="store_true", help="a few hundred steps per method (a smoke test)")
     d.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit code (0, 2 for a user error, 130 for Ctrl-C, 1 for a bug)."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         args.func(args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()     # gloo aborts at exit when its group is left open
-        return 2
-    except KeyboardInterrupt:
-        print("fewstep: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
-        return 130
+        return _close(2)
+    except KeyboardInterrupt as e:
+        print(f"fewstep: {e.args[0] if e.args else 'interrupted'}", file=sys.stderr)
+        return _close(130)
+    except OSError as e:            # a full, read-only or missing place that no command foresaw
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"fewstep: error: {e.strerror or e}{where}; free space or choose a writable place", file=sys.stderr)
+        return _close(2)
+    except Exception as e:
+        if os.environ.get(DEBUG):
+            raise
+        print(f"fewstep: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+              f"(a bug: please report it with the traceback that {DEBUG}=1 prints)", file=sys.stderr)
+        return _close(1)
     return 0
+
+
+def _close(code):
+    """gloo aborts at exit when its group is left open (torchrun): close it before returning."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return code
 
 
 if __name__ == "__main__":

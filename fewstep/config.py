@@ -5,12 +5,19 @@ import dataclasses
 import inspect
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 
-from .data import DATASETS
+from .data import DATASETS, IMAGE_DATASETS
 from .errors import FewstepError
 from .methods import DISTILLATION, METHODS
 from .nets import NETS
+
+DEFAULT_BATCH = {"flat": 512, "images": 64}   # 64 images of 28 px fit a CPU step in well under a second
+DEFAULT_UNET = "cpu-tiny"                       # the U-Net size when --net unet names none (fewstep.nets.unet)
+SHARED = ("sigma_min", "sigma_max", "rho", "sigma_data")   # run fields that methods also take
+NOT_OPTIONS = ("teacher", "feature_net")                    # method arguments that are objects, not options
+MAX_SEED = 2 ** 62                                          # torch generators take 64-bit seeds; streams add r + 1
 
 
 TYPE_NAMES = {str: "a string", dict: "a JSON object", bool: "true or false", int: "an integer", float: "a number"}
@@ -42,7 +49,7 @@ class TrainConfig:
     rho:               float = 7.0          # Karras grid exponent.
     boundary:          str   = "scalings"   # Consistency parameterization: "scalings" (option 2) or "switch" (option 1).
     steps:             int   = 4000         # Training steps (the K of the CT/iCT curricula unless given).
-    batch:             int   = 512          # Batch size.
+    batch:             int   = None         # Batch size (None: 512 for 2-D data, 64 for images).
     lr:                float = 1e-3         # Adam learning rate.
     ema:               float = 0.999        # Rate of the EMA used for sampling (with a warm-up).
     seed:              int   = 0            # Seeds the network initialisation, the data and the noise.
@@ -72,13 +79,21 @@ class TrainConfig:
         kwargs.update(self.method_kwargs)
         return kwargs
 
-    def resolved(self):
-        """A copy with the curriculum length K written into method_kwargs, so that extending --steps
-        on resume keeps the schedule the run started with."""
+    def method_defaults(self):
+        """The method's own options with their defaults (K = steps for the CT/iCT curricula); the
+        SHARED ones come from the run's fields and the object arguments are not options."""
         params = inspect.signature(METHODS[self.method]).parameters
-        if "K" in params and "K" not in self.method_kwargs:
-            return dataclasses.replace(self, method_kwargs={**self.method_kwargs, "K": self.steps})
-        return self
+        return {name: (self.steps if name == "K" else p.default) for name, p in params.items()
+                if name not in SHARED + NOT_OPTIONS and (name == "K" or p.default is not inspect.Parameter.empty)}
+
+    def resolved(self):
+        """A copy with every default written out, so that config.json says what the run used: the batch
+        (DEFAULT_BATCH by kind of data), the U-Net size, and every method option (the curriculum length K
+        included, so that extending --steps on resume keeps the schedule the run started with)."""
+        batch = self.batch or DEFAULT_BATCH["images" if self.data in IMAGE_DATASETS else "flat"]
+        net_kwargs = {"config": DEFAULT_UNET, **self.net_kwargs} if self.net == "unet" else self.net_kwargs
+        method_kwargs = {**self.method_defaults(), **self.method_kwargs} if self.method in METHODS else self.method_kwargs
+        return dataclasses.replace(self, batch=batch, net_kwargs=net_kwargs, method_kwargs=method_kwargs)
 
     def check_types(self):
         """Each field holds its declared type (an int counts as a float, a bool as neither), so a bad
@@ -104,13 +119,19 @@ class TrainConfig:
         if self.net not in NETS:
             raise FewstepError(f"unknown network {self.net!r}; choose one of: {', '.join(sorted(NETS))}")
         for name in ("steps", "batch", "log_every", "ckpt_every", "streams"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise FewstepError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if (v is not None or name != "batch") and (not isinstance(v, int) or v < 1):
+                raise FewstepError(f"{name} must be a positive integer, got {v!r}")
         for name in ("lr", "sigma_data", "sigma_min", "sigma_max", "rho"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise FewstepError(f"{name} must be a positive number, got {v!r}")
-        if self.batch % self.streams:
+        if self.lr > 1:         # Adam's step is about lr per weight: beyond 1 it overflows before any loss is seen
+            raise FewstepError(f"lr must be at most 1 (Adam moves each weight by about lr per step), got {self.lr:g}; "
+                               "try --lr 1e-3")
+        if not 0 <= self.seed < MAX_SEED:
+            raise FewstepError(f"seed must be an integer in [0, 2**62), got {self.seed}")
+        if self.batch and self.batch % self.streams:
             raise FewstepError(f"batch ({self.batch}) must be a multiple of streams ({self.streams})")
         if self.device not in ("auto", "cuda", "cpu"):
             raise FewstepError(f"device must be auto, cuda or cpu, got {self.device!r}")
@@ -140,3 +161,22 @@ class TrainConfig:
                 raise FewstepError(f"method option {name} must be {TYPE_NAMES[kind]}, got {value!r}; "
                                    f"e.g. --set {name}={json.dumps(params[name].default)}")
         return self
+
+
+def method_options(name=None):
+    """`fewstep methods`: each method (or one), the seed line of its docstring, and its options with defaults."""
+    if name is not None and name not in METHODS:
+        raise FewstepError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    lines = []
+    for method, cls in METHODS.items():
+        if name not in (None, method):
+            continue
+        doc = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+        doc += " Needs --teacher RUN." if method in DISTILLATION else ""
+        options = TrainConfig(method=method, steps=4000).method_defaults()
+        lines.append(textwrap.fill(doc, 110, initial_indent=f"{method:14s} ", subsequent_indent=" " * 15))
+        lines += [f"    {k} = {json.dumps(v)}" + ("   (default: --steps)" if k == "K" else "") for k, v in options.items()]
+        lines.append("")
+    lines.append("Set an option with --set NAME=VALUE; sigma_min, sigma_max, rho and sigma_data are run fields "
+                 "(--set sigma_max=40), shared by every method.")
+    return "\n".join(lines)

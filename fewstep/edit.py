@@ -16,6 +16,7 @@ from .editing import (LUMA, Colorization, Inpainting, SuperResolution, box_hole,
                       solve_inverse, stroke_guided)
 from .errors import FewstepError
 from .generate import pick_sampler
+from .outputs import check_outputs, output_dir
 from .plots import image_grid, save_image
 from .runs import build_dataset, load_model
 
@@ -159,12 +160,12 @@ def _repeat(x, k):
 def run_edit(args):
     if args.score:
         return run_scores(args)
+    check_outputs(args.out, _outputs(args.task), args.overwrite)
     model, cfg = load_model(args.run, args.which)
     pick_sampler(cfg, args.sampler)
     shape = tuple(model.net.img_shape) if hasattr(model.net, "img_shape") else None
     if shape is None:
         raise FewstepError(f"fewstep edit works on image runs; {args.run} was trained on flat {cfg.data!r} data")
-    os.makedirs(args.out, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)
     k = args.samples or (1 if args.task == "denoise" else 3)      # denoising is deterministic
     if k < 1:
@@ -204,8 +205,13 @@ def run_edit(args):
     return _write(args, rows, x, nfe, ncol=1 + k + (reference is not None))
 
 
+def _outputs(task):
+    return [f"{task}.png", f"{task}_*.png"]
+
+
 def _write(args, rows, results, nfe, ncol):
     """The grid OUT/TASK.png and each result as OUT/TASK_<row>_<sample>.png."""
+    args.out = output_dir(args.out, os.path.join(args.run, "edit"), _outputs(args.task), args.overwrite)
     grid = os.path.join(args.out, f"{args.task}.png")
     image_grid(torch.cat(rows), grid, nrow=ncol)
     for i, row in enumerate(results):
@@ -226,8 +232,9 @@ def run_scores(args):
     from .generate import parse_steps
     if args.task not in ("inpaint", "superres"):
         raise FewstepError(f"--score measures inpaint and superres on Fashion-MNIST, not {args.task}")
+    check_outputs(args.out, [f"{args.task}_scores.json"], args.overwrite)
     rows = edit_scores(args.run, args.task, parse_steps(args.score), n=args.n, sampler=args.sampler, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    args.out = output_dir(args.out, os.path.join(args.run, "edit"), [f"{args.task}_scores.json"], args.overwrite)
     lines = ["| run | task | steps | NFE | FD | max error on the known part | images/s |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {args.run} | {r['task']} | {r['steps']} | {r['nfe']} | {r['fd']:.2f} | {r['known_error']:.1e} | "
               f"{r['images_per_sec']:.0f} |" for r in rows]

@@ -3,3 +3,7 @@
 
 class FewstepError(Exception):
     """A user-facing error: the message names the problem and the fix, in one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with a message saying what was saved and how to continue."""

@@ -13,15 +13,17 @@ import torch
 
 from .data.images import FashionMNIST
 from .errors import FewstepError
-from .generate import generate
+from .generate import check_sampling, generate
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .metrics.fd import extract_features, fd_from_features
 from .metrics.features import load_feature_net
 from .metrics.precision_recall import precision_recall
+from .outputs import check_outputs, output_dir
 from .plots import image_grid, line_plot
 from .runs import load_model
 
 FEATURE_SHAPE = (1, 28, 28)     # what the shipped Fashion-MNIST classifier takes
+OUTPUTS = ["metrics.json", "metrics.md", "fd_vs_nfe.png", "samples_*steps.png"]
 MAX_PAD = 4                     # images may be padded up to 32 px for the U-Net; crop_to removes it
 
 
@@ -54,22 +56,26 @@ def sample_images(model, cfg, n, steps, *, sampler=None, taus=None, guidance=0.0
     out, t0, nfe = [], time.perf_counter(), 0
     for i in range(0, n, batch):
         m = min(batch, n - i)
-        labels = torch.arange(i, i + m, device=device) % num_classes      # on the model's device (CUDA too)
-        cond = {"class_labels": labels} if cfg.cond or classifier is not None else None
+        conditional = cfg.cond or classifier is not None
+        # balanced labels, on the model's device (CUDA too); an unconditional run has none (num_classes 0)
+        cond = {"class_labels": torch.arange(i, i + m, device=device) % num_classes} if conditional else None
         x, nfe = generate(model, cfg, m, steps, sampler=sampler, taus=taus, generator=g, cond=cond, shape=shape)
         out.append(x.clamp(-1, 1))
     return torch.cat(out), nfe, n / (time.perf_counter() - t0)
 
 
-def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=None, seed=0, out=None, progress=True):
-    """Rows {steps, nfe, fd, precision, recall, images_per_sec} for each step count; writes the outputs."""
+def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=None, seed=0, out=None,
+             overwrite=False, progress=True):
+    """Rows {steps, nfe, fd, precision, recall, images_per_sec} for each step count; writes the outputs
+    to `out` (default: a new numbered folder RUN/eval/NNN; earlier outputs are kept unless overwrite)."""
     model, cfg = load_model(run)
     classifier = load_classifier(classifier_run) if classifier_run else None
     check_evaluable(run, model, cfg, guidance, classifier)
+    check_sampling(cfg, sampler)
+    check_outputs(out, OUTPUTS, overwrite)
     feature_net = load_feature_net()
     ref = reference_features(feature_net)
-    out = out or os.path.join(run, "eval")
-    os.makedirs(out, exist_ok=True)
+    out = output_dir(out, os.path.join(run, "eval"), OUTPUTS, overwrite)
     rows = []
     for s in steps:
         x, nfe, rate = sample_images(model, cfg, n, s, sampler=sampler, guidance=guidance, classifier=classifier, seed=seed)

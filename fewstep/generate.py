@@ -43,11 +43,20 @@ def pick_sampler(cfg, sampler=None):
     return sampler
 
 
+def check_sampling(cfg, sampler=None, taus=None):
+    """The sampler to use (see pick_sampler); explicit time points are for consistency models only."""
+    sampler = pick_sampler(cfg, sampler)
+    if taus is not None and sampler != "consistency":
+        raise FewstepError(f"--tau lists the time points of a consistency model; this {cfg.method!r} run samples "
+                           "with --steps (and --sampler)")
+    return sampler
+
+
 @torch.no_grad()
 def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, shape=None):
     """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list).
     shape: one sample's shape (default: the network's img_shape, or (dim,) for flat data)."""
-    sampler = pick_sampler(cfg, sampler)
+    sampler = check_sampling(cfg, sampler, taus)
     if n < 1:
         raise FewstepError(f"the number of samples must be at least 1, got {n}")
     try:
@@ -75,6 +84,8 @@ def noise_grid(model, cfg, steps, sampler, taus=None, sigma_start=None):
     if sampler == "consistency":
         taus = taus if taus is not None else consistency_taus(steps, cfg.sigma_min, sigma_start or cfg.sigma_max, cfg.rho)
         taus = torch.as_tensor(taus, dtype=torch.float64)
+        if not torch.isfinite(taus).all() or (taus <= 0).any():
+            raise ValueError(f"the time points must be positive finite numbers, got {taus.tolist()}; e.g. --tau 80,0.8")
         if taus.numel() and taus[0] > cfg.sigma_max:
             raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
                              f"start the --tau list at {cfg.sigma_max:g} or below")

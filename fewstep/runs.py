@@ -2,26 +2,63 @@
 and metrics.jsonl (one line per log interval). This module builds models from a config and loads
 them back, for sampling and as teachers."""
 
+import inspect
+import json
 import os
 
 from .checkpoint import load_checkpoint, load_state, read_json, unflatten
-from .config import TrainConfig
-from .data import make_dataset
+from .config import TYPE_NAMES, TrainConfig, _is_a
+from .data import DATASETS, make_dataset
 from .errors import FewstepError
 from .methods import METHODS
-from .nets import make_net
-from .nets.unet import make_unet
+from .nets import NETS, make_net
+from .nets.unet import UNET_CONFIGS, make_unet
 from .precond import make_precond
 from .processes import VPDiscrete
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.safetensors", "metrics.jsonl"
 
+# Fields that may change when a run is resumed; any other change would make it a different run.
+RESUMABLE = {"steps", "log_every", "ckpt_every", "device", "bf16"}
+
+
+def changed_fields(old, new):
+    """The config fields, outside RESUMABLE, in which two resolved configs differ."""
+    a, b = old.to_dict(), new.to_dict()
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE)
+
+
+def check_options(factory, kwargs, what, flag):
+    """Each option a known argument of factory, typed like its default: one line for a wrong name or a
+    wrong type before the constructor sees it (torch's own errors for a string size are pages long)."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    for name, p in params.items():
+        if p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD and name not in kwargs:
+            raise FewstepError(f"{what} needs the option {name}; pass --set {flag}.{name}=VALUE")
+    for name, value in kwargs.items():
+        if name not in params:
+            valid = [p for p in params if p not in ("dim", "img_resolution", "in_channels", "num_classes")]
+            raise FewstepError(f"{what} has no option {name!r}; its options are {valid} (--set {flag}.KEY=VALUE)")
+        default = params[name].default
+        kind = float if isinstance(default, float) else type(default)
+        if kind in TYPE_NAMES and kind is not dict and not _is_a(value, kind):
+            raise FewstepError(f"{flag}.{name} must be {TYPE_NAMES[kind]}, got {value!r}; "
+                               f"e.g. --set {flag}.{name}={json.dumps(default)}")
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
 
 def build_dataset(cfg):
+    check_options(DATASETS[cfg.data], cfg.data_kwargs, f"dataset {cfg.data!r}", "data")
     try:
         return make_dataset(cfg.data, **cfg.data_kwargs)
-    except (TypeError, ValueError) as e:
-        raise FewstepError(f"bad data options for dataset {cfg.data!r} ({e}); fix the --set data.KEY values") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise FewstepError(f"bad data options for dataset {cfg.data!r} ({_first_line(e)}); "
+                           "fix the --set data.KEY values") from None
 
 
 def net_arguments(cfg, data):
@@ -45,10 +82,15 @@ def build_model(cfg, data=None):
     if cfg.net in ("unet", "classifier") and len(getattr(data, "shape", ())) != 3:
         raise FewstepError(f"the {cfg.net} network needs image data; dataset {cfg.data!r} is flat: use --net mlp")
     kwargs = net_arguments(cfg, data)
+    config = kwargs.pop("config", None)
+    if config is not None and (cfg.net != "unet" or config not in UNET_CONFIGS):
+        raise FewstepError(f"net.config={config!r} names no network size; use it with --net unet and one of: "
+                           f"{', '.join(UNET_CONFIGS)}")
+    check_options(NETS[cfg.net], kwargs, f"network {cfg.net!r}", "net")
     try:
-        net = make_unet(kwargs.pop("config"), **kwargs) if "config" in kwargs else make_net(cfg.net, **kwargs)
-    except (TypeError, ValueError, KeyError) as e:
-        raise FewstepError(f"bad network options for {cfg.net!r} ({e}); fix the --set net.KEY values") from None
+        net = make_unet(config, **kwargs) if config else make_net(cfg.net, **kwargs)
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise FewstepError(f"bad network options for {cfg.net!r} ({_first_line(e)}); fix the --set net.KEY values") from None
     kind = METHODS[cfg.method].precond
     process = None
     if kind == "vp":
@@ -59,16 +101,52 @@ def build_model(cfg, data=None):
 
 
 def load_config(run_dir):
-    if not os.path.isdir(run_dir):
-        raise FewstepError(f"run folder {run_dir} does not exist; train one first (fewstep train METHOD --out {run_dir})")
-    return TrainConfig.from_dict(read_json(os.path.join(run_dir, CONFIG), "run config")).validate()
+    if not run_dir or not os.path.isdir(run_dir):
+        raise FewstepError(f"run folder {run_dir!r} does not exist; train one first (fewstep train METHOD --out RUN)")
+    return TrainConfig.from_dict(read_json(os.path.join(run_dir, CONFIG), "run config", kind=dict)).validate()
+
+
+def check_checkpoint_config(meta, cfg, path):
+    """A checkpoint must belong to the config it is loaded with (a copied-in checkpoint would otherwise
+    sample a different model than config.json describes)."""
+    try:
+        stored = TrainConfig.from_dict(meta["config"]).resolved()
+    except (KeyError, TypeError, FewstepError):
+        raise FewstepError(f"checkpoint {path} holds no readable config; it was not written by fewstep train") from None
+    changed = changed_fields(stored, cfg.resolved())
+    if changed:
+        raise FewstepError(f"checkpoint {path} was trained with another config than {os.path.dirname(path) or '.'}"
+                           f"/{CONFIG} ({', '.join(changed)} differ); put back the run's own config.json or checkpoint")
+
+
+def read_metrics(run_dir):
+    """The records of metrics.jsonl ([] when there is none); one line for a damaged file."""
+    path = os.path.join(run_dir, METRICS)
+    if not os.path.exists(path):
+        return []
+    records = []
+    try:
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    record = json.loads(line)
+                    if not isinstance(record, dict) or not isinstance(record.get("k"), int):
+                        raise ValueError("not a record with a step k")
+                    records.append(record)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FewstepError(f"{path} line {i} is not a metrics record ({_first_line(e)}); delete that line "
+                           "or the file (it is only the training log)") from None
+    except OSError as e:
+        raise FewstepError(f"cannot read {path} ({e.strerror or e})") from None
+    return records
 
 
 def load_model(run_dir, which="ema"):
     """(model, cfg) of a trained run, in eval mode with gradients off. which: "ema", "net" or "target"."""
     cfg = load_config(run_dir)
     path = os.path.join(run_dir, CHECKPOINT)
-    tensors, _ = load_checkpoint(path)
+    tensors, meta = load_checkpoint(path)
+    check_checkpoint_config(meta, cfg, path)
     state = unflatten(which, tensors)
     if not state:
         raise FewstepError(f"checkpoint {path} has no {which!r} weights; choose one of: ema, net"
@@ -89,3 +167,30 @@ def load_teacher(run_dir):
         raise FewstepError(f"teacher run {run_dir} was trained with {cfg.method!r}, not a diffusion teacher; "
                            "pass a run trained with edm or ddpm")
     return model, cfg
+
+
+def describe_run(run_dir):
+    """`fewstep info`: what a run folder holds, as text: config, checkpoint step and size, last metrics."""
+    cfg = load_config(run_dir)
+    path = os.path.join(run_dir, CHECKPOINT)
+    lines = [f"run        {run_dir}", f"method     {cfg.method}" + (f" (teacher {cfg.teacher})" if cfg.teacher else ""),
+             f"data       {cfg.data} {json.dumps(cfg.data_kwargs)}" + (" class-conditional" if cfg.cond else ""),
+             f"network    {cfg.net} {json.dumps(cfg.net_kwargs)}"]
+    if os.path.isfile(path):
+        tensors, meta = load_checkpoint(path)
+        params = sum(v.numel() for k, v in tensors.items() if k.startswith("net."))
+        lines.append(f"trained    {meta['k']} of {cfg.steps} steps; {params:,} network parameters; "
+                     f"checkpoint {os.path.getsize(path) / 2 ** 20:.1f} MB")
+    else:
+        lines.append(f"trained    no checkpoint yet (start it: fewstep train {cfg.method} --out {run_dir} --resume)")
+    records = read_metrics(run_dir)
+    if records:
+        last = records[-1]
+        lines.append("last log   " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in last.items()))
+    outputs = [f"{d}/{n}" for d in ("samples", "eval", "edit") if os.path.isdir(os.path.join(run_dir, d))
+               for n in sorted(os.listdir(os.path.join(run_dir, d)))]
+    if outputs:
+        lines.append(f"outputs    {', '.join(outputs)}")
+    lines.append("config     " + json.dumps(cfg.to_dict(), indent=2, sort_keys=True).replace("\n", "\n           "))
+    return "\n".join(lines)

@@ -11,6 +11,8 @@ import functools
 import json
 import math
 import os
+import shutil
+import sys
 import time
 
 import torch
@@ -18,15 +20,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import (flatten, load_checkpoint, load_state, optimizer_from_tensors, optimizer_to_tensors,
-                         save_checkpoint, unflatten, write_json)
+from .checkpoint import (TMP_PREFIX, flatten, load_checkpoint, load_state, make_dir, optimizer_from_tensors,
+                         optimizer_to_tensors, save_checkpoint, unflatten, write_json, write_text)
 from .config import TrainConfig
 from .ema import EMA, ema_warmup
-from .errors import FewstepError
+from .errors import FewstepError, Interrupted
 from .generate import generate
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .methods import DISTILLATION, METHODS
-from .runs import CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, load_config, load_teacher
+from .runs import (CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, changed_fields, check_checkpoint_config,
+                   load_config, load_teacher, read_metrics)
 
 
 @dataclasses.dataclass
@@ -42,6 +45,7 @@ class TrainState:
     dist: distributed.Dist          # this process's rank, world size and device
     k: int = 0                      # training steps taken
     saved_k: int = None             # step of the last checkpoint written or restored (None: none yet)
+    start_k: int = 0                # the step this call started from (> 0 when resumed)
 
     @property
     def my_streams(self):
@@ -52,7 +56,7 @@ def build_state(cfg, teacher=None, dist_info=None):
     """Everything a run needs, freshly initialised from cfg. Distillation loads the teacher run
     cfg.teacher, unless `teacher` passes a denoiser D(x, sigma, **cond) directly (then cfg.teacher is
     only its label in config.json)."""
-    cfg.validate()
+    cfg = cfg.resolved().validate()
     dist_info = dist_info or distributed.Dist()
     torch.manual_seed(cfg.seed)     # the global RNG drives network init; dropout runs on the streams' generators
     data = build_dataset(cfg)
@@ -77,6 +81,7 @@ def _load_teacher(cfg, net, dist_info):
     """The teacher run cfg.teacher on the device; the student starts from its weights when asked."""
     teacher, teacher_cfg = load_teacher(cfg.teacher)
     teacher = teacher.to(dist_info.device)
+    check_teacher_shape(cfg, teacher, net)
     if cfg.init_from_teacher and METHODS[teacher_cfg.method].precond == "edm":
         load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
     if cfg.teacher_guidance and not teacher_cfg.cond:
@@ -85,6 +90,18 @@ def _load_teacher(cfg, net, dist_info):
         raise FewstepError(f"teacher_guidance needs a teacher that learned the null label; {cfg.teacher} was trained "
                            "with label_dropout=0: retrain it with --set label_dropout=0.1")
     return teacher
+
+
+def sample_shape(net):
+    """The shape of one sample a raw network makes: (C, H, W) for images, (dim,) for flat data."""
+    return tuple(getattr(net, "img_shape", None) or (net.dim,))
+
+
+def check_teacher_shape(cfg, teacher, net):
+    theirs, ours = sample_shape(teacher.net), sample_shape(net.net)
+    if theirs != ours:
+        raise FewstepError(f"teacher run {cfg.teacher} makes samples of shape {theirs} but this run's data "
+                           f"({cfg.data}) has shape {ours}; distill a teacher trained on the same data")
 
 
 def guided_teacher(cfg, teacher, data):
@@ -162,7 +179,8 @@ def train_step(state):
 def save(state, path):
     """Write the full training state: every rank gathers the streams' generators, rank 0 writes and its
     errors reach every rank. Refuses non-finite weights so a bad run never replaces a good checkpoint;
-    the ranks decide that together, before the sync check (where NaN checksums would never match)."""
+    the ranks decide that together, before the sync check (where NaN checksums would never match). A
+    write that fails (a full or read-only disk) leaves the previous checkpoint as it was."""
     finite = all(torch.isfinite(p).all() for p in state.net.parameters())
     if distributed.any_rank(not finite, state.dist.world, state.dist.device):
         raise FewstepError(f"the weights became NaN/inf by step {state.k}; lower the learning rate "
@@ -171,7 +189,14 @@ def save(state, path):
     gens = {}
     for part in distributed.gather_objects({r: state.generators[r].get_state() for r in state.my_streams}, state.dist.world):
         gens.update(part)
-    distributed.on_main(lambda: _write_checkpoint(state, path, gens), state.dist)
+    def write():
+        try:
+            _write_checkpoint(state, path, gens)
+        except OSError as e:
+            raise FewstepError(f"cannot write the checkpoint {path} ({e.strerror or e}); free space or fix the "
+                               f"folder, then continue with: fewstep resume {os.path.dirname(path)}; "
+                               f"{_kept_checkpoint(state)}") from None
+    distributed.on_main(write, state.dist)
     state.saved_k = state.k
 
 
@@ -189,6 +214,7 @@ def _write_checkpoint(state, path, gens):
 
 def restore(state, path):
     tensors, meta = load_checkpoint(path)
+    check_checkpoint_config(meta, state.cfg, path)
     load_state(state.net, unflatten("net", tensors), path)
     load_state(state.ema.module, unflatten("ema", tensors), path)
     if state.target is not None:
@@ -197,84 +223,156 @@ def restore(state, path):
     torch.set_rng_state(tensors["rng.torch"])
     for r, g in state.generators.items():
         g.set_state(tensors[f"rng.stream.{r}"])
-    state.k = state.saved_k = meta["k"]
-
-
-# Fields that may change when a run is resumed; any other change would make it a different run.
-RESUMABLE = {"steps", "log_every", "ckpt_every", "device", "bf16"}
+    state.k = state.saved_k = state.start_k = meta["k"]
 
 
 def prepare_run_dir(cfg, run_dir, resume):
-    """(resolved cfg, checkpoint to resume or None). Writes config.json for a new run; a resumed run keeps
-    its config (K of the CT/iCT curricula included) except for the fields in RESUMABLE."""
+    """(resolved cfg, checkpoint to resume or None), after checking that run_dir can hold the run: a new or
+    empty folder, or a run to resume. A resumed run keeps its config (K of the CT/iCT curricula included)
+    except for the fields in RESUMABLE. Writes nothing but the folder itself and removes the temporary
+    files of a checkpoint write that was killed."""
+    check_out_dir(run_dir)
     ckpt = os.path.join(run_dir, CHECKPOINT)
     if os.path.exists(ckpt) and not resume:
-        raise FewstepError(f"{run_dir} already holds a trained run; pass --resume to continue it, "
-                           "or choose another --out")
+        raise FewstepError(f"{run_dir} already holds a trained run; continue it with: fewstep resume {run_dir} "
+                           "(or choose another --out)")
     resuming = resume and os.path.exists(ckpt)
     if resuming:
-        old = load_config(run_dir)
+        old = load_config(run_dir).resolved()
         if "K" in old.method_kwargs and "K" not in cfg.method_kwargs:
             cfg = dataclasses.replace(cfg, method_kwargs={**cfg.method_kwargs, "K": old.method_kwargs["K"]})
-    cfg = cfg.resolved()
+    cfg = cfg.resolved().validate()
     if resuming:
-        changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v and k not in RESUMABLE)
+        changed = changed_fields(old, cfg)
         if changed:
             raise FewstepError(f"--resume with a different config ({', '.join(changed)} changed); "
                                f"resume with the settings in {os.path.join(run_dir, CONFIG)} or use another --out")
-    os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, CONFIG), cfg.to_dict())
+        read_metrics(run_dir)               # a damaged log stops here, before anything is written
+    make_dir(run_dir, "run folder")
+    for name in os.listdir(run_dir):        # what a kill during a checkpoint write left behind
+        if name.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(run_dir, name)):
+            os.remove(os.path.join(run_dir, name))
     return cfg, ckpt if resuming else None
+
+
+def check_out_dir(run_dir):
+    """One line for an --out that cannot be a run folder: empty, a file, or a folder of other things."""
+    if not run_dir or not str(run_dir).strip():
+        raise FewstepError("--out is empty; pass the run folder to write, e.g. --out runs/teacher")
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise FewstepError(f"--out {run_dir} is a file, not a folder; pass a new folder for the run")
+    if os.path.isdir(run_dir) and not os.path.exists(os.path.join(run_dir, CONFIG)):
+        others = [n for n in os.listdir(run_dir) if not n.startswith(TMP_PREFIX)]
+        if others:
+            raise FewstepError(f"--out {run_dir} is a folder of other files ({others[0]}, ...), not a fewstep run; "
+                               "pass a new or empty folder")
 
 
 def _drop_metrics_after(run_dir, k):
     """A resumed run re-logs the steps after its checkpoint: drop the interrupted run's lines for them."""
     path = os.path.join(run_dir, METRICS)
     if os.path.exists(path):
-        with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["k"] <= k]
-        with open(path, "w") as f:
-            f.writelines(keep)
+        keep = [r for r in read_metrics(run_dir) if r["k"] <= k]
+        write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def log_metrics(run_dir, record):
+    """Append one record to metrics.jsonl (an append is all or nothing for a line this short)."""
     with open(os.path.join(run_dir, METRICS), "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def train(cfg, run_dir, resume=False, progress=True, teacher=None):
     """Train cfg into run_dir; returns the final TrainState. Under torchrun every rank calls this and
-    rank 0 writes. Checkpoints every cfg.ckpt_every steps and at the end; a failure (bad loss, Ctrl-C)
-    leaves the last checkpoint as it was. `teacher`: see build_state."""
+    rank 0 writes. Checkpoints every cfg.ckpt_every steps and at the end; a failure (bad loss, a full
+    disk, Ctrl-C) leaves the last checkpoint as it was, and a new run that fails before its first
+    checkpoint leaves no folder behind. progress: a bar on a terminal, one line per log interval
+    otherwise (a log file, CI). `teacher`: see build_state."""
     dist_info = distributed.init(cfg.device)
     if cfg.streams % dist_info.world:
         raise FewstepError(f"{dist_info.world} processes cannot share {cfg.streams} streams; launch a number "
                            f"of processes that divides --set streams (or set streams to a multiple of {dist_info.world})")
-    cfg, ckpt_to_resume = distributed.on_main(lambda: prepare_run_dir(cfg.validate(), run_dir, resume), dist_info)
-    state = build_state(cfg, teacher, dist_info)
-    if ckpt_to_resume:
-        restore(state, ckpt_to_resume)
-        if dist_info.main:
-            _drop_metrics_after(run_dir, state.k)
-    writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=state.k + 1) if dist_info.main else None
-    bar = tqdm(total=cfg.steps, initial=state.k, disable=not (progress and dist_info.main), dynamic_ncols=True,
-               desc=f"{cfg.method} {os.path.basename(run_dir)}", leave=False, mininterval=1.0)
+    existed = distributed.on_main(lambda: _listing(run_dir), dist_info)
+    state = None
     try:
-        _loop(state, run_dir, bar, writer)
+        cfg, ckpt_to_resume = distributed.on_main(lambda: prepare_run_dir(cfg.validate(), run_dir, resume), dist_info)
+        state = build_state(cfg, teacher, dist_info)
+        if ckpt_to_resume:
+            restore(state, ckpt_to_resume)
+        distributed.on_main(lambda: _start_files(state, run_dir, ckpt_to_resume), dist_info)
+        _run(state, run_dir, progress)
+    except BaseException as e:
+        if dist_info.main and not _saved(state):
+            _remove_new_files(run_dir, existed)
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(_interrupted_message(state, run_dir)) from None
+        if isinstance(e, OSError):    # a full or read-only disk while logging: the checkpoint is intact
+            raise FewstepError(f"cannot write to {run_dir} ({e.strerror or e}); free space or fix the folder; "
+                               f"{_kept_checkpoint(state) if state else 'nothing was trained'}") from None
+        raise
+    return state
+
+
+def _saved(state):
+    return state is not None and state.saved_k is not None
+
+
+def _listing(run_dir):
+    """The names in run_dir before this call (None: it did not exist), so a failed new run removes only its own."""
+    return set(os.listdir(run_dir)) if run_dir and os.path.isdir(run_dir) else None
+
+
+def _remove_new_files(run_dir, existed):
+    """Best effort: the error being reported matters more than a file that cannot be removed."""
+    try:
+        for name in set(os.listdir(run_dir)) - (existed or set()):
+            path = os.path.join(run_dir, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        if existed is None and not os.listdir(run_dir):
+            os.rmdir(run_dir)
+    except (OSError, TypeError):
+        pass
+
+
+def _interrupted_message(state, run_dir):
+    if not _saved(state):
+        return f"interrupted{f' at step {state.k}' if state else ''} before the first checkpoint; nothing was saved"
+    return (f"interrupted at step {state.k}; the checkpoint of step {state.saved_k} is intact: continue with "
+            f"fewstep resume {run_dir}")
+
+
+def _start_files(state, run_dir, resumed):
+    """config.json (written once the state is built, so a run that cannot start leaves nothing), and the
+    metrics of a resumed run cut back to its checkpoint."""
+    write_json(os.path.join(run_dir, CONFIG), state.cfg.to_dict())
+    if resumed:
+        _drop_metrics_after(run_dir, state.k)
+
+
+def _run(state, run_dir, progress):
+    cfg, main = state.cfg, state.dist.main
+    interactive = progress and main and sys.stderr.isatty()
+    writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=state.k + 1) if main else None
+    bar = tqdm(total=cfg.steps, initial=state.k, disable=not interactive, dynamic_ncols=True,
+               desc=f"{cfg.method} {os.path.basename(os.path.normpath(run_dir))}", leave=False, mininterval=1.0)
+    try:
+        _loop(state, run_dir, bar, writer, lines=progress and main and not interactive)
     finally:
         bar.close()
         if writer is not None:
             writer.close()
-    return state
 
 
-def _loop(state, run_dir, bar, writer):
+def _loop(state, run_dir, bar, writer, lines=False):
     cfg, losses, t0 = state.cfg, [], time.perf_counter()
     while state.k < cfg.steps:
         losses.append(train_step(state))
         bar.update(1)
         if (state.k % cfg.log_every == 0 or state.k == cfg.steps) and state.dist.main:
-            _log(state, run_dir, losses, time.perf_counter() - t0, bar, writer)
+            record = _log(state, run_dir, losses, time.perf_counter() - t0, bar, writer)
+            if lines:
+                print(f"{cfg.method} {run_dir}: step {state.k}/{cfg.steps}  loss {record['loss']:.4g}  "
+                      f"{record['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
             losses, t0 = [], time.perf_counter()
         if state.k % cfg.ckpt_every == 0 or state.k == cfg.steps:
             save(state, os.path.join(run_dir, CHECKPOINT))
@@ -307,3 +405,4 @@ def _log(state, run_dir, losses, seconds, bar, writer):
         if key != "k":
             writer.add_scalar(f"train/{key}", value, state.k)
     bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{record['samples_per_sec']:.0f}")
+    return record

@@ -91,7 +91,10 @@ def test_corrupt_checkpoint_via_the_cli(runs, tmp_path):
 
 
 @pytest.mark.parametrize("setting, phrase", [("distance=l3", "unknown distance"), ("weighting=cosine", "unknown weighting"),
-                                             ("boundary=foo", "boundary"), ("s0=1", "s0"), ("net.width=abc", "network options")])
+                                             ("boundary=foo", "boundary"), ("s0=1", "s0"), ("net.width=abc", "net.width must be an integer"),
+                                             ("net.width=-4", "width must be a positive integer"),
+                                             ("data.k=abc", "data.k must be an integer"), ("data.k=0", "k must be a positive"),
+                                             ("net.colour=1", "no option 'colour'"), ("net.config=huge", "names no network size")])
 def test_bad_option_values(tmp_path, setting, phrase):
     assert_one_line_error(fewstep("train", "ct", "--out", tmp_path / "x", "--steps", "3", "--set", setting), phrase)
     assert not os.path.exists(tmp_path / "x" / "checkpoint.safetensors")
@@ -100,7 +103,7 @@ def test_bad_option_values(tmp_path, setting, phrase):
 def test_bad_sampling_arguments(runs):
     teacher, student = runs
     assert_one_line_error(fewstep("sample", student, "--tau", "80,abc"), "--tau")
-    assert_one_line_error(fewstep("sample", student, "--n", "0"), "at least 1")
+    assert_one_line_error(fewstep("sample", student, "--n", "0"), "positive integer")
     assert_one_line_error(fewstep("sample", student, "--sampler", "heun"), "consistency")
     assert_one_line_error(fewstep("sample", teacher, "--sampler", "consistency"), "heun")
 

@@ -83,9 +83,10 @@ def test_an_error_on_rank_0_stops_every_rank(tmp_path):
     # rank 0 alone prepares the run folder; its refusal must reach rank 1 instead of leaving it in a barrier
     run = tmp_path / "exists"
     os.makedirs(run)
-    (run / "checkpoint.safetensors").write_bytes(b"")
+    (run / "notes.txt").write_text("not a run")
     results = _launch_ranks(2, ["-m", "fewstep", "train", "ct", "--out", str(run), "--steps", "2", *ARGS])
-    _assert_every_rank_says(results, "already holds a trained run")
+    _assert_every_rank_says(results, "not a fewstep run")
+    assert sorted(os.listdir(run)) == ["notes.txt"]
 
 
 SAVE_NAN = """

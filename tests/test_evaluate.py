@@ -38,9 +38,20 @@ def test_eval_writes_the_table_grids_and_plot(tmp_path):
     rows = evaluate(run, [1, 2], n=40, guidance=1.0, progress=False)
     assert [r["nfe"] for r in rows] == [1, 2]
     assert all(r["fd"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
+    first = os.path.join(run, "eval", "000")
     for name in ("metrics.json", "metrics.md", "fd_vs_nfe.png", "samples_1steps.png", "samples_2steps.png"):
-        assert os.path.getsize(os.path.join(run, "eval", name)) > 0
-    assert json.load(open(os.path.join(run, "eval", "metrics.json")))[1]["steps"] == 2
+        assert os.path.getsize(os.path.join(first, name)) > 0
+    assert json.load(open(os.path.join(first, "metrics.json")))[1]["steps"] == 2
+    # a second evaluation gets its own folder; an explicit --out holding outputs is refused unless overwrite
+    before = open(os.path.join(first, "metrics.json")).read()
+    evaluate(run, [1], n=20, progress=False)
+    assert open(os.path.join(first, "metrics.json")).read() == before
+    assert json.load(open(os.path.join(run, "eval", "001", "metrics.json")))[0]["steps"] == 1
+    with pytest.raises(FewstepError, match="already exists; pass --overwrite"):
+        evaluate(run, [1], n=20, out=first, progress=False)
+    assert open(os.path.join(first, "metrics.json")).read() == before
+    evaluate(run, [1], n=20, out=first, overwrite=True, progress=False)
+    assert json.load(open(os.path.join(first, "metrics.json")))[0]["steps"] == 1
 
 
 def test_eval_rejects_a_2d_run(tmp_path):

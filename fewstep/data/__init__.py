@@ -8,6 +8,7 @@ DATASETS = {
     "fashion-mnist-rgb": TintedFashionMNIST,  # 3 x 28 x 28: garments tinted one color each; split=, seed=
     "folder": ImageFolder,           # any folder of PNG/JPEG; root=, resolution=, channels=
 }
+IMAGE_DATASETS = {"fashion-mnist", "fashion-mnist-rgb", "folder"}   # (C, H, W) samples; the rest are flat
 
 
 def make_dataset(name="gmm", **kwargs):

@@ -107,6 +107,7 @@ class FashionMNIST(InMemoryImages):
         root    = FASHION_MNIST_ROOT,   # Folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
         pad_to  = None,                 # Pad 28 x 28 to pad_to x pad_to with -1 (32 suits deep U-Nets).
     ):
+        root = os.path.expanduser(root)
         prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}.get(split)
         if prefix is None:
             raise FewstepError(f"unknown Fashion-MNIST split {split!r}; pass split='train' or split='test'")
@@ -196,6 +197,7 @@ class ImageFolder(InMemoryImages):
             raise FewstepError(f"resolution must be a positive integer, got {resolution!r}; pass e.g. resolution=32")
         if channels not in (None, 1, 3) or isinstance(channels, bool):
             raise FewstepError(f"channels must be 1 or 3 (or None to infer), got {channels!r}")
+        root = os.path.expanduser(str(root))
         if not os.path.isdir(root):
             raise FewstepError(f"image folder not found: {root}; pass root= an existing folder of PNG/JPEG files")
         rel = _list_images(root)

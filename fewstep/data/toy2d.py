@@ -71,18 +71,29 @@ class GaussianMixture:
         return self.ode_solution(x, t, sigma_min)
 
 
+def _check(**values):
+    """ValueError (one line) unless each count is a positive integer and each scale a positive number."""
+    for name, v in values.items():
+        count = name in ("k", "dim")
+        if isinstance(v, bool) or not isinstance(v, int if count else (int, float)) or not (v >= 1 if count else 0 < v < math.inf):
+            raise ValueError(f"{name} must be a positive {'integer' if count else 'number'}, got {v!r}")
+
+
 def gaussian(dim=2, mean=0.0, std=0.5):
+    _check(dim=dim, std=std)
     return GaussianMixture(torch.full((1, dim), float(mean)), [std])
 
 
 def gmm_ring(k=8, radius=0.7, std=0.05):
     """k equal modes on a circle; the defaults give each coordinate a standard deviation near 0.5."""
+    _check(k=k, radius=radius, std=std)
     angle = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
     return GaussianMixture(torch.stack([angle.cos(), angle.sin()], 1) * radius, [std])
 
 
 def gmm_grid(k=5, spacing=0.3, std=0.04):
     """k x k modes on a square grid centred on 0."""
+    _check(k=k, spacing=spacing, std=std)
     c = (torch.arange(k, dtype=torch.float64) - (k - 1) / 2) * spacing
     return GaussianMixture(torch.cartesian_prod(c, c), [std])
 
@@ -92,6 +103,7 @@ class Moons:
     dim = 2
 
     def __init__(self, noise=0.05):
+        _check(noise=noise)
         self.noise = noise
 
     def sample(self, n, generator=None):
@@ -119,6 +131,7 @@ class Spiral:
     dim = 2
 
     def __init__(self, noise=0.03):
+        _check(noise=noise)
         self.noise = noise
 
     def sample(self, n, generator=None):

@@ -6,6 +6,15 @@ import torch
 from torch import nn
 
 
+def check_sizes(dropout=0.0, **sizes):
+    """ValueError (one line) unless every size is a positive integer and dropout a probability below 1."""
+    for name, v in sizes.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
 class FourierEmbedding(nn.Module):
     """Random Fourier features of c_noise with frequencies ~ N(0, scale^2) (iCT: a smaller scale makes
     the embedding less sensitive to the noise level, seed 004). Frequencies are a fixed buffer drawn

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from .embeddings import FourierEmbedding, PositionalEmbedding
+from .embeddings import check_sizes, FourierEmbedding, PositionalEmbedding
 
 
 class Block(nn.Module):
@@ -32,6 +32,7 @@ class MLP(nn.Module):
         num_classes     = 0,            # Class conditioning: 0 = none; label num_classes is the null label.
     ):
         super().__init__()
+        check_sizes(dropout, dim=dim, width=width, depth=depth)
         self.dim, self.num_classes = dim, num_classes
         if emb == "fourier":
             self.emb = FourierEmbedding(width, emb_scale)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .embeddings import FourierEmbedding, PositionalEmbedding
+from .embeddings import FourierEmbedding, PositionalEmbedding, check_sizes
 
 SKIP_SCALE = 1 / math.sqrt(2)           # Residual rescale (seed 002): (x + h) / sqrt(2).
 
@@ -122,6 +122,8 @@ class UNet(nn.Module):
         # emb_scale: EDM embeds c_noise = log(sigma)/4 positionally with scale 1 (the default); for VP's
         # c_noise = t/T use 1000 (DDPM). iCT's Fourier scale 0.02 on 250 log(sigma) is fourier 20 here.
         super().__init__()
+        check_sizes(dropout, img_resolution=img_resolution, model_channels=model_channels, num_blocks=num_blocks,
+                    num_heads=num_heads, **{f"channel_mult[{i}]": m for i, m in enumerate(channel_mult)})
         levels = len(channel_mult)
         if img_resolution % 2 ** (levels - 1):
             raise ValueError(f"img_resolution must be divisible by 2^(len(channel_mult)-1) = {2 ** (levels - 1)}, "
