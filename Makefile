@@ -7,6 +7,20 @@ STAMP  := $(VENV)/.installed
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
+# Where the targets write and what they spend; tests/test_makefile.py runs every target's commands with tiny
+# budgets through these (make -n ... FM_ARGS="--budget teacher=2,cd=2 --n 20" ...).
+DEMO_OUT   ?= demo_out
+FM_OUT     ?= demo_fmnist
+EDIT_OUT   ?= edit_out
+BENCH_OUT  ?= bench_out
+DEMO_ARGS  ?=
+FM_ARGS    ?=
+BENCH_ARGS ?=
+RGB_STEPS  ?= 2000
+RGB_CD_STEPS ?= 600
+# What a target needs first: the venv (the tests run the targets' commands with SETUP=, having their own).
+SETUP      ?= $(STAMP)
+
 .PHONY: demo demo-fmnist demo-edit bench test venv data clean
 
 $(STAMP): pyproject.toml
@@ -22,31 +36,32 @@ data:
 	@test -d $(FMNIST) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
 	  || echo "Fashion-MNIST is missing: run sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
 
-demo: $(STAMP)
-	$(PY) -m fewstep demo --out demo_out
+demo: $(SETUP)
+	$(PY) -m fewstep demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
-demo-fmnist: $(STAMP) data
-	$(PY) -m fewstep bench --methods teacher,cd --out demo_fmnist
+demo-fmnist: $(SETUP) data
+	$(PY) -m fewstep bench --methods teacher,cd --out $(FM_OUT) $(FM_ARGS)
 
 # Zero-shot editing pictures (README): trains what is missing (--resume reuses finished runs), then edits.
-RGB := --data fashion-mnist-rgb --net unet --set net.config=cpu-tiny --batch 64 --lr 5e-4 --resume --quiet
-demo-edit: $(STAMP) data
-	test -f demo_fmnist/cd/checkpoint.safetensors || $(PY) -m fewstep bench --methods teacher,cd --out demo_fmnist
-	$(PY) -m fewstep train edm $(RGB) --steps 2000 --out demo_fmnist/rgb_teacher
-	$(PY) -m fewstep train cd $(RGB) --steps 600 --teacher demo_fmnist/rgb_teacher --set N=18 --set solver=heun \
-	  --set distance=pseudo-huber --out demo_fmnist/rgb_cd
-	$(PY) -m fewstep edit inpaint demo_fmnist/cd --from-data 6 --box 7,7,21,21 --out edit_out
-	$(PY) -m fewstep edit colorize demo_fmnist/rgb_cd --from-data 6 --out edit_out
-	$(PY) -m fewstep edit superres demo_fmnist/cd --from-data 6 --factor 4 --out edit_out
-	$(PY) -m fewstep edit stroke demo_fmnist/cd --from-data 6 --sigma 0.8 --out edit_out
-	$(PY) -m fewstep edit denoise demo_fmnist/cd --from-data 6 --sigma 0.5 --out edit_out
-	$(PY) -m fewstep edit interpolate demo_fmnist/cd --seeds 0,1 --frames 10 --out edit_out
+RGB := --data fashion-mnist-rgb --net unet --batch 64 --lr 5e-4 --resume --quiet
+EDIT := --from-data 6 --out $(EDIT_OUT) --overwrite
+demo-edit: $(SETUP) data
+	test -f $(FM_OUT)/cd/checkpoint.safetensors || $(PY) -m fewstep bench --methods teacher,cd --out $(FM_OUT) $(FM_ARGS)
+	$(PY) -m fewstep train edm $(RGB) --steps $(RGB_STEPS) --out $(FM_OUT)/rgb_teacher
+	$(PY) -m fewstep train cd $(RGB) --steps $(RGB_CD_STEPS) --teacher $(FM_OUT)/rgb_teacher --set N=18 \
+	  --set solver=heun --set distance=pseudo-huber --out $(FM_OUT)/rgb_cd
+	$(PY) -m fewstep edit inpaint $(FM_OUT)/cd --box 7,7,21,21 $(EDIT)
+	$(PY) -m fewstep edit colorize $(FM_OUT)/rgb_cd $(EDIT)
+	$(PY) -m fewstep edit superres $(FM_OUT)/cd --factor 4 $(EDIT)
+	$(PY) -m fewstep edit stroke $(FM_OUT)/cd --sigma 0.8 $(EDIT)
+	$(PY) -m fewstep edit denoise $(FM_OUT)/cd --sigma 0.5 $(EDIT)
+	$(PY) -m fewstep edit interpolate $(FM_OUT)/cd --seeds 0,1 --frames 10 --out $(EDIT_OUT) --overwrite
 
-bench: $(STAMP) data
-	$(PY) -m fewstep bench --out bench_out
+bench: $(SETUP) data
+	$(PY) -m fewstep bench --out $(BENCH_OUT) $(BENCH_ARGS)
 
 test: $(STAMP) data
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf demo_out demo_fmnist bench_out edit_out .pytest_cache
+	rm -rf $(DEMO_OUT) $(FM_OUT) $(BENCH_OUT) $(EDIT_OUT) .pytest_cache

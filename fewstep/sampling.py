@@ -62,7 +62,7 @@ def _slope(D, x, sigma, cond, dtype):
 def _steps(sigmas, progress):
     """Pairs (sigma_i, sigma_{i+1}) of the grid as Python floats (float64), with an optional bar."""
     s = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
-    return tqdm(list(zip(s[:-1], s[1:])), disable=not progress)
+    return tqdm(list(zip(s[:-1], s[1:])), disable=None if progress else True)
 
 
 def _churn(x, sigma, gamma, S_noise, generator):
@@ -212,7 +212,7 @@ def sample_langevin(D, x, sigmas, *, n_steps=LANGEVIN_STEPS, step_scale=None, de
                          f"diverge at high noise; use step_scale <= {LANGEVIN_RATIO * levels[-1] ** 2:.3g}")
     dtype, work = x.dtype, _work_dtype(x)
     x, generator = x.to(work), _generator(generator, x.device)
-    for sigma in tqdm(levels, disable=not progress):
+    for sigma in tqdm(levels, disable=None if progress else True):
         delta = step_scale * sigma ** 2 / levels[-1] ** 2
         for _ in range(n_steps):
             score = (_denoise(D, x, sigma, cond, dtype) - x) / sigma ** 2
@@ -261,7 +261,7 @@ def sample_consistency(f, x, taus, *, sigma_min=SIGMA_MIN, cond=None, generator=
     dtype, work = x.dtype, _work_dtype(x)
     generator = _generator(generator, x.device)
     x = _project(project, _denoise(f, x.to(work), taus[0], cond, dtype), 0.0)
-    for tau in tqdm(taus[1:], disable=not progress):
+    for tau in tqdm(taus[1:], disable=None if progress else True):
         x_hat = x + math.sqrt(tau ** 2 - sigma_min ** 2) * _randn(x, generator)
         x = _project(project, _denoise(f, x_hat, tau, cond, dtype), 0.0)
     return x.to(dtype)

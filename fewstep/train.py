@@ -370,7 +370,8 @@ def _loop(state, run_dir, bar, writer, lines=False):
         bar.update(1)
         if (state.k % cfg.log_every == 0 or state.k == cfg.steps) and state.dist.main:
             record = _log(state, run_dir, losses, time.perf_counter() - t0, bar, writer)
-            if lines:
+            tenth = lambda k: 10 * k // cfg.steps                                   # noqa: E731
+            if lines and tenth(state.k) != tenth(state.k - len(losses)):           # about ten lines a run
                 print(f"{cfg.method} {run_dir}: step {state.k}/{cfg.steps}  loss {record['loss']:.4g}  "
                       f"{record['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
             losses, t0 = [], time.perf_counter()

@@ -93,7 +93,7 @@ def extract_features(net, images, batch_size=500, device=None, progress=False):
         net.eval()
     try:
         out = []
-        for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="features"):
+        for start in tqdm(range(0, len(images), batch_size), disable=None if progress else True, desc="features"):
             x = torch.as_tensor(images[start:start + batch_size]).to(device)
             out.append(fn(x).detach().reshape(x.shape[0], -1).cpu().double())
     finally:

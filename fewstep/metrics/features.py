@@ -43,7 +43,7 @@ def train_feature_classifier(out=FMNIST_CLASSIFIER, epochs=2, batch=256, lr=2e-3
     steps = epochs * len(train) // batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     t0 = time.perf_counter()
-    for _ in tqdm(range(steps), disable=not progress, desc="classifier", mininterval=1.0):
+    for _ in tqdm(range(steps), disable=None if progress else True, desc="classifier", mininterval=1.0):
         b = train.sample(batch, g)
         loss = torch.nn.functional.cross_entropy(net(b["x"]), b["class_labels"])
         opt.zero_grad(set_to_none=True)
