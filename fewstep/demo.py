@@ -56,6 +56,7 @@ def metrics_table(rows):
     lines = ["| model | steps | NFE | sliced W2 to data | 1-step error to true f |",
              "|---|---|---|---|---|"]
     for name, s, nfe, swd, ferr, _ in rows:
+        s, nfe = (s, nfe) if nfe else ("-", "-")                  # the data row has neither
         lines.append(f"| {name} | {s} | {nfe} | {swd:.4f} | {'' if ferr is None else f'{ferr:.4f}'} |")
     return "\n".join(lines)
 
