@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import FewstepError
 
-FORMAT = "fewstep-checkpoint-1"
+FORMAT = "fewstep-checkpoint-2"             # 2: optimizers by group name ("optim.GROUP."); 1 had one ("optim.")
 TMP_PREFIX = ".tmp-"        # a write in progress; a killed write leaves one, removed when the run starts again
 
 
@@ -88,24 +88,24 @@ def unflatten(prefix, tensors):
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def optimizer_to_tensors(optimizer):
+def optimizer_to_tensors(optimizer, prefix="optim.net"):
     """(tensors, meta) for an optimizer's state dict: tensors by param index and name, the rest as JSON."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for i, state in sd["state"].items():
         for name, v in state.items():
             if torch.is_tensor(v):
-                tensors[f"optim.{i}.{name}"] = v.detach().cpu().contiguous().clone()
+                tensors[f"{prefix}.{i}.{name}"] = v.detach().cpu().contiguous().clone()
             else:
                 scalars[f"{i}.{name}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(tensors, meta):
+def optimizer_from_tensors(tensors, meta, prefix="optim.net"):
     state = {}
     for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
+        if key.startswith(prefix + "."):
+            i, name = key[len(prefix) + 1:].split(".", 1)
             state.setdefault(int(i), {})[name] = v
     for key, v in meta["scalars"].items():
         i, name = key.split(".", 1)
@@ -130,10 +130,20 @@ def load_checkpoint(path):
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise FewstepError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0][:80]}); "
                            "delete it and retrain, or restore it from a copy") from None
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, FORMAT_1):
         raise FewstepError(f"{path} is not a fewstep checkpoint (format {metadata.get('format')!r}); "
                            "pass the run folder that fewstep train wrote")
-    return tensors, json.loads(metadata["meta"])
+    meta = json.loads(metadata["meta"])
+    return (_from_format_1(tensors, meta) if metadata["format"] == FORMAT_1 else (tensors, meta))
+
+
+FORMAT_1 = "fewstep-checkpoint-1"
+
+
+def _from_format_1(tensors, meta):
+    """A format-1 checkpoint (one optimizer, the one-network loop) read as format 2: its optimizer is group "net"."""
+    tensors = {("optim.net." + k[len("optim."):] if k.startswith("optim.") else k): v for k, v in tensors.items()}
+    return tensors, {**meta, "optimizers": {"net": meta.pop("optimizer")}}
 
 
 def load_state(module, state, path, what="network"):

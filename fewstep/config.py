@@ -12,6 +12,7 @@ from .data import DATASETS, IMAGE_DATASETS
 from .errors import FewstepError
 from .methods import DISTILLATION, METHODS
 from .nets import NETS
+from .optim import LR_DECAYS, OPTIMIZERS
 
 DEFAULT_BATCH = {"flat": 512, "images": 64}   # 64 images of 28 px fit a CPU step in well under a second
 DEFAULT_UNET = "cpu-tiny"                       # the U-Net size when --net unet names none (fewstep.nets.unet)
@@ -20,7 +21,8 @@ NOT_OPTIONS = ("teacher", "feature_net")                    # method arguments t
 MAX_SEED = 2 ** 62                                          # torch generators take 64-bit seeds; streams add r + 1
 
 
-TYPE_NAMES = {str: "a string", dict: "a JSON object", bool: "true or false", int: "an integer", float: "a number"}
+TYPE_NAMES = {str: "a string", dict: "a JSON object", list: "a JSON list", bool: "true or false", int: "an integer",
+              float: "a number"}
 
 
 def _is_a(value, kind):
@@ -50,7 +52,12 @@ class TrainConfig:
     boundary:          str   = "scalings"   # Consistency parameterization: "scalings" (option 2) or "switch" (option 1).
     steps:             int   = 4000         # Training steps (the K of the CT/iCT curricula unless given).
     batch:             int   = None         # Batch size (None: 512 for 2-D data, 64 for images).
-    lr:                float = 1e-3         # Adam learning rate.
+    lr:                float = 1e-3         # Learning rate (a method's optimizer group may set its own).
+    optimizer:         str   = "adam"       # "adam", "adamw" or "radam" (fewstep.optim.OPTIMIZERS).
+    betas:             list  = field(default_factory=lambda: [0.9, 0.999])   # The optimizer's betas.
+    weight_decay:      float = 0.0          # Weight decay (decoupled for adamw).
+    lr_warmup:         int   = 0            # Steps of linear learning-rate warm-up from lr / lr_warmup.
+    lr_decay:          str   = "none"       # "none" or "cosine" (to 0 at `steps`).
     ema:               float = 0.999        # Rate of the EMA used for sampling (with a warm-up).
     seed:              int   = 0            # Seeds the network initialisation, the data and the noise.
     streams:           int   = 1            # Data/noise streams of the global batch; torchrun's world size must divide it.
@@ -58,6 +65,10 @@ class TrainConfig:
     bf16:              bool  = False        # bfloat16 autocast for the network (samplers stay in float32/64).
     log_every:         int   = 100          # Steps between progress-bar updates, metrics.jsonl and TensorBoard.
     ckpt_every:        int   = 1000         # Steps between checkpoints (the last step always saves).
+
+    def __post_init__(self):
+        if isinstance(self.betas, tuple):               # JSON has lists only; keep one spelling for comparisons
+            self.betas = list(self.betas)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -148,6 +159,17 @@ class TrainConfig:
         if self.teacher_guidance and not (self.cond and self.method in DISTILLATION):
             raise FewstepError("teacher_guidance needs a class-conditional distillation run (cd, cd-continuous) "
                                "with --set cond=true")
+        if self.optimizer not in OPTIMIZERS:
+            raise FewstepError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if (len(self.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                            for b in self.betas)):
+            raise FewstepError(f"betas must be two numbers in [0, 1), got {self.betas!r}; e.g. --set betas=[0.9,0.999]")
+        if self.lr_decay not in LR_DECAYS:
+            raise FewstepError(f"unknown lr_decay {self.lr_decay!r}; choose one of: {', '.join(LR_DECAYS)}")
+        if not isinstance(self.lr_warmup, int) or self.lr_warmup < 0:
+            raise FewstepError(f"lr_warmup must be a number of steps >= 0, got {self.lr_warmup!r}")
+        if not 0 <= self.weight_decay < 1:
+            raise FewstepError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
         if not 0 <= self.ema < 1:
             raise FewstepError(f"ema must be in [0, 1), got {self.ema}")
         params = inspect.signature(METHODS[self.method]).parameters

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FewstepError
-from .generate import is_vp, noise_grid, pick_sampler, run_sampler
-from .sampling import initial_noise
+from .generate import noise_grid, pick_sampler, run_process, run_sampler
 
 LUMA = (0.299, 0.587, 0.114)            # ITU-R BT.601 luminance: gray = w . rgb
 
@@ -139,12 +138,12 @@ def solve_inverse(model, cfg, m, constraint, steps, *, sampler=None, taus=None, 
         grid = noise_grid(model, cfg, steps, sampler, taus)
     except ValueError as e:
         raise FewstepError(str(e)) from None
-    vp = is_vp(cfg) and sampler != "consistency"
-    noise = initial_noise(shape, grid[0], generator=generator, vp=vp, device=device)
+    process = run_process(model, cfg)
+    noise = process.prior(shape, grid[0], generator=generator, device=device)
     m = m.double().to(device)
     fill = constraint.project(torch.zeros(shape, dtype=torch.float64, device=device), m)
     x = fill.to(noise.dtype) + noise
-    z = noise.double() / (math.sqrt(1 + float(grid[0]) ** 2) if vp else float(grid[0]))
+    z = noise.double() / process.prior_scale(grid[0])
     project = known_noise_projector(constraint, m, z)
     return run_sampler(model, cfg, x, grid, sampler, generator=generator, cond=cond, project=project)
 
@@ -201,8 +200,7 @@ def interpolate(model, cfg, seeds, frames, steps, *, sampler=None, cond=None):
     sampler = pick_sampler(cfg, sampler)
     shape, device = (1, *_shape_of(model)), next(model.parameters()).device
     grid = noise_grid(model, cfg, steps, sampler)
-    vp = is_vp(cfg) and sampler != "consistency"
-    scale = math.sqrt(1 + float(grid[0]) ** 2) if vp else float(grid[0])
+    scale = run_process(model, cfg).prior_scale(grid[0])
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     z0, z1 = (torch.randn(shape, generator=g, dtype=torch.float64) for g in gens)
     out, n_fe = [], 0

@@ -9,12 +9,21 @@ import torch
 
 from .errors import FewstepError
 from .methods import METHODS
-from .sampling import SAMPLERS, consistency_taus, initial_noise, nfe, sample_consistency, vp_sigmas
-from .schedules import append_zero, karras_sigmas
+from .sampling import SAMPLERS, nfe, sample_consistency
+
+
+def run_kind(cfg):
+    """The kind of model a run's method produces (fewstep.kinds)."""
+    return METHODS[cfg.method].produces
+
+
+def run_process(model, cfg):
+    """The noise process of a run's model: the model's own, else the one its method builds."""
+    return getattr(model, "process", None) or METHODS[cfg.method].make_process(cfg.method_arguments())
 
 
 def default_sampler(cfg):
-    return {"consistency": "consistency", "edm": "heun", "vp": "ddim"}[METHODS[cfg.method].precond]
+    return run_kind(cfg).default_sampler(METHODS[cfg.method].process)
 
 
 def parse_steps(text):
@@ -29,17 +38,17 @@ def parse_steps(text):
 
 
 def pick_sampler(cfg, sampler=None):
-    """The run's default sampler, or the caller's after checking that it fits the run's method."""
-    kind = METHODS[cfg.method].precond
-    if kind == "none":
+    """The run's default sampler, or the caller's after checking that it fits the kind of model the run makes."""
+    kind = run_kind(cfg)
+    if not kind.generates:
         raise FewstepError(f"a {cfg.method!r} run is not a generator; use it for guidance: "
                            "fewstep eval TEACHER_RUN --classifier RUN --guidance W")
     sampler = sampler or default_sampler(cfg)
-    if (sampler == "consistency") != (kind == "consistency"):
-        raise FewstepError(f"a run trained with {cfg.method!r} samples with --sampler "
-                           + ("consistency" if kind == "consistency" else " or ".join(sorted(SAMPLERS))))
-    if sampler != "consistency" and sampler not in SAMPLERS:
+    if sampler not in ("consistency", *SAMPLERS):
         raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, {', '.join(sorted(SAMPLERS))}")
+    if sampler not in kind.samplers:
+        raise FewstepError(f"a run trained with {cfg.method!r} makes a {kind.name} model, which samples with "
+                           f"--sampler {' or '.join(sorted(kind.samplers))}")
     return sampler
 
 
@@ -69,31 +78,18 @@ def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, c
 def _generate(model, cfg, shape, steps, sampler, taus, generator, cond):
     device = next(model.parameters()).device
     grid = noise_grid(model, cfg, steps, sampler, taus)
-    x = initial_noise(shape, grid[0], generator=generator, vp=is_vp(cfg) and sampler != "consistency", device=device)
+    x = run_process(model, cfg).prior(shape, grid[0], generator=generator, device=device)
     return run_sampler(model, cfg, x, grid, sampler, generator=generator, cond=cond)
 
 
-def is_vp(cfg):
-    return METHODS[cfg.method].precond == "vp"
-
-
 def noise_grid(model, cfg, steps, sampler, taus=None, sigma_start=None):
-    """The float64 noise levels a sampler walks: taus for a consistency model (Algorithm 1), else a
-    descending grid ending in 0 (the strided schedule for VP, the Karras grid for EDM). sigma_start:
-    start there instead of at sigma_max (editing and denoising start from an image, seed 000)."""
-    if sampler == "consistency":
-        taus = taus if taus is not None else consistency_taus(steps, cfg.sigma_min, sigma_start or cfg.sigma_max, cfg.rho)
-        taus = torch.as_tensor(taus, dtype=torch.float64)
-        if not torch.isfinite(taus).all() or (taus <= 0).any():
-            raise ValueError(f"the time points must be positive finite numbers, got {taus.tolist()}; e.g. --tau 80,0.8")
-        if taus.numel() and taus[0] > cfg.sigma_max:
-            raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
-                             f"start the --tau list at {cfg.sigma_max:g} or below")
-        return taus
-    if is_vp(cfg) and sigma_start is None:
-        return vp_sigmas(model.process, steps)
-    sigma_min = float(model.process.ve_sigma(1)) if is_vp(cfg) else cfg.sigma_min
-    return append_zero(karras_sigmas(steps, sigma_min, sigma_start or cfg.sigma_max, cfg.rho))
+    """The float64 noise levels a sampler walks, as the run's kind of model defines them: Algorithm 1's
+    taus for a consistency model, a descending grid ending in 0 for a denoiser (its process's: the Karras
+    grid on VE, the strided schedule on VP). sigma_start: start there instead of at sigma_max (editing and
+    denoising start from an image, seed 000)."""
+    if sampler == "consistency" or taus is not None:
+        return run_kind(cfg).grid(model, cfg, steps, sigma_start, taus)
+    return run_process(model, cfg).sampling_grid(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, sigma_start)
 
 
 def run_sampler(model, cfg, x, grid, sampler, *, generator=None, cond=None, project=None):

@@ -29,6 +29,10 @@ class _Guided(torch.nn.Module):
     def net(self):
         return self.D.net
 
+    @property
+    def kind(self):
+        return self.D.kind
+
 
 class ClassifierFreeGuidance(_Guided):
     """eps_bar = (w + 1) eps(x, t, y) - w eps(x, t, null) (seed 002), i.e. D_bar = (w + 1) D_c - w D_u.

@@ -6,7 +6,13 @@ where the PF-ODE is dx/dsigma = (x - D(x, sigma)) / sigma (seed 000, Karras et a
 brought into those coordinates by `precond.VPPrecond`, so one sampler serves both processes.
 """
 
+import math
+
 import torch
+
+from .precond import EDMPrecond, VPPrecond
+from .sampling import initial_noise, vp_sigmas
+from .schedules import append_zero, karras_sigmas
 
 #----------------------------------------------------------------------------
 # Conversions between eps / x0 / v / score predictions (seed 004, "Parameterizations in DPMs").
@@ -66,6 +72,25 @@ class VE:
     def config(self):
         return {"name": self.name}
 
+    # What a denoiser on this process samples with (fewstep.kinds.DENOISER asks).
+    default_sampler = "heun"
+
+    def denoiser(self, net, sigma_data):
+        model = EDMPrecond(net, sigma_data)
+        model.process = self
+        return model
+
+    def sampling_grid(self, steps, sigma_min, sigma_max, rho, sigma_start=None):
+        """EDM's Karras grid of `steps` levels from sigma_start (default sigma_max), then 0."""
+        return append_zero(karras_sigmas(steps, sigma_min, sigma_start or sigma_max, rho))
+
+    def prior_scale(self, sigma):
+        return float(sigma)
+
+    def prior(self, shape, sigma, *, generator=None, device=None):
+        """x = sigma z: N(0, sigma^2 I) (seed 000: x_T ~ N(0, T^2 I))."""
+        return initial_noise(shape, sigma, generator=generator, device=device)
+
 
 class VPDiscrete:
     """DDPM's discrete VP process: alpha_bar_t = prod_{i<=t} (1 - beta_i), t = 1..T (seed 002).
@@ -112,6 +137,26 @@ class VPDiscrete:
 
     def config(self):
         return {"name": self.name, "T": self.T, "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+    # What a denoiser on this process samples with (fewstep.kinds.DENOISER asks).
+    default_sampler = "ddim"
+
+    def denoiser(self, net, sigma_data=None):
+        return VPPrecond(net, self)
+
+    def sampling_grid(self, steps, sigma_min, sigma_max, rho, sigma_start=None):
+        """The strided schedule of `steps` of the T steps (seed 002); from sigma_start (editing), the Karras
+        grid between the process's own smallest level and sigma_start."""
+        if sigma_start is None:
+            return vp_sigmas(self, steps)
+        return append_zero(karras_sigmas(steps, float(self.ve_sigma(1)), sigma_start, rho))
+
+    def prior_scale(self, sigma):
+        return math.sqrt(1 + float(sigma) ** 2)
+
+    def prior(self, shape, sigma, *, generator=None, device=None):
+        """Pure VP noise x_T ~ N(0, I) seen in VE coordinates: sqrt(1 + sigma^2) z (seed 002)."""
+        return initial_noise(shape, sigma, generator=generator, vp=True, device=device)
 
 
 class VPContinuous:

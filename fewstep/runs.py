@@ -13,8 +13,6 @@ from .errors import FewstepError
 from .methods import METHODS
 from .nets import NETS, make_net
 from .nets.unet import UNET_CONFIGS, make_unet
-from .precond import make_precond
-from .processes import VPDiscrete
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.safetensors", "metrics.jsonl"
 
@@ -67,7 +65,7 @@ def net_arguments(cfg, data):
         C, H, W = data.shape
         kwargs = {"img_resolution": H, "in_channels": C}
     elif cfg.net == "classifier":
-        kwargs = {"in_channels": data.shape[0], "noise_conditional": METHODS[cfg.method].precond == "none"}
+        kwargs = {"in_channels": data.shape[0], "noise_conditional": True}
     else:
         kwargs = {"dim": data.dim}
     if cfg.cond:
@@ -91,13 +89,10 @@ def build_model(cfg, data=None):
         net = make_unet(config, **kwargs) if config else make_net(cfg.net, **kwargs)
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         raise FewstepError(f"bad network options for {cfg.net!r} ({_first_line(e)}); fix the --set net.KEY values") from None
-    kind = METHODS[cfg.method].precond
-    process = None
-    if kind == "vp":
-        args = cfg.method_arguments()
-        process = VPDiscrete(**{k: args[k] for k in ("T", "beta_start", "beta_end") if k in args})
-    return make_precond(kind, net, sigma_data=cfg.sigma_data, sigma_min=cfg.sigma_min,
-                        process=process, boundary=cfg.boundary)
+    method = METHODS[cfg.method]
+    model = method.produces.wrap(net, cfg, method.make_process(cfg.method_arguments()))
+    model.kind = method.produces
+    return model
 
 
 def load_config(run_dir):
@@ -163,7 +158,7 @@ def load_teacher(run_dir):
     if not os.path.isfile(os.path.join(run_dir, CHECKPOINT)):
         raise FewstepError(f"teacher run {run_dir} has no checkpoint yet; finish training it (fewstep train edm --out {run_dir} --resume)")
     model, cfg = load_model(run_dir)
-    if METHODS[cfg.method].precond not in ("edm", "vp"):
+    if not model.kind.teacher:
         raise FewstepError(f"teacher run {run_dir} was trained with {cfg.method!r}, not a diffusion teacher; "
                            "pass a run trained with edm or ddpm")
     return model, cfg

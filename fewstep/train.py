@@ -1,8 +1,10 @@
 """The one training loop, split into named steps: build the state, take a step, log, save, resume.
 
-Every method runs through it; a method only supplies its loss (and, for CD/CT, the rate mu(k) of the
-EMA target theta^-). A resumed run equals an uninterrupted one bit for bit: the checkpoint holds the
-networks, the EMAs, Adam's moments and every stream's generator (its data, noise and dropout).
+Every method runs through it on the protocol of methods/base.py: the loop builds the modules the method
+trains, one optimizer per group and the EMA copies it declares (plus "ema", the sampling copy), then
+each step updates every group in order, as often as the group asks, each update on a fresh batch. A
+resumed run equals an uninterrupted one bit for bit: the checkpoint holds every module, EMA copy,
+optimizer state and stream generator (its data, noise and dropout) by name.
 """
 
 import contextlib
@@ -19,7 +21,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, optim
 from .checkpoint import (TMP_PREFIX, flatten, load_checkpoint, load_state, make_dir, optimizer_from_tensors,
                          optimizer_to_tensors, save_checkpoint, unflatten, write_json, write_text)
 from .config import TrainConfig
@@ -28,18 +30,22 @@ from .errors import FewstepError, Interrupted
 from .generate import generate
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .methods import DISTILLATION, METHODS
+from .processes import VE
 from .runs import (CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, changed_fields, check_checkpoint_config,
                    load_config, load_teacher, read_metrics)
+
+
+SAMPLING_EMA = "ema"            # the EMA copy of the method's sample_module: the run's model
 
 
 @dataclasses.dataclass
 class TrainState:
     cfg: TrainConfig
-    net: torch.nn.Module            # theta, inside its preconditioning wrapper
-    ema: EMA                        # the EMA used for sampling
-    target: EMA                     # theta^- for CD/CT (None when the method has no EMA target)
-    optimizer: torch.optim.Optimizer
     method: object
+    modules: dict                   # name -> trained module (theta inside its wrapper for one-network methods)
+    emas: dict                      # name -> (EMA, name of the module it follows); SAMPLING_EMA among them
+    optimizers: dict                # group name -> optimizer over the group's parameters
+    params: dict                    # group name -> the parameters it trains
     data: object
     generators: dict                # stream -> generator of its data, noise and dropout (the global RNG: init only)
     dist: distributed.Dist          # this process's rank, world size and device
@@ -51,6 +57,27 @@ class TrainState:
     def my_streams(self):
         return range(self.dist.rank, self.cfg.streams, self.dist.world)
 
+    @property
+    def net(self):
+        """The module the run samples (its trained weights)."""
+        return self.modules[self.method.sample_module]
+
+    @property
+    def ema(self):
+        return self.emas[SAMPLING_EMA][0]
+
+    @property
+    def target(self):
+        """CD/CT's theta^- (None for methods without it)."""
+        return self.emas["target"][0] if "target" in self.emas else None
+
+    def nets(self):
+        """Every trained module and EMA copy by name, as a method's loss sees them."""
+        return {**self.modules, **{name: ema.module for name, (ema, _) in self.emas.items()}}
+
+    def trained_parameters(self):
+        return [p for m in self.modules.values() for p in m.parameters()]
+
 
 def build_state(cfg, teacher=None, dist_info=None):
     """Everything a run needs, freshly initialised from cfg. Distillation loads the teacher run
@@ -60,9 +87,7 @@ def build_state(cfg, teacher=None, dist_info=None):
     dist_info = dist_info or distributed.Dist()
     torch.manual_seed(cfg.seed)     # the global RNG drives network init; dropout runs on the streams' generators
     data = build_dataset(cfg)
-    net = build_model(cfg, data).train().to(dist_info.device)
-    if dist_info.device.type == "cuda" and len(getattr(data, "shape", ())) == 3:
-        net = net.to(memory_format=torch.channels_last)         # faster convolutions on GPUs
+    net = _placed(build_model(cfg, data), data, dist_info)
     kwargs = cfg.method_arguments()
     if cfg.method in DISTILLATION:
         kwargs["teacher"] = guided_teacher(cfg, teacher if teacher is not None else _load_teacher(cfg, net, dist_info), data)
@@ -70,11 +95,25 @@ def build_state(cfg, teacher=None, dist_info=None):
         method = METHODS[cfg.method](**kwargs)
     except (TypeError, ValueError) as e:
         raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
-    target = EMA(net, method.mu) if method.uses_target else None
+    modules = method.build(net, lambda: _placed(build_model(cfg, data), data, dist_info))
+    emas = {name: (EMA(modules[src], rate), src) for name, (src, rate) in method.emas().items()}
+    emas[SAMPLING_EMA] = (EMA(modules[method.sample_module], functools.partial(ema_warmup, cfg.ema)), method.sample_module)
+    clash = sorted((set(modules) & set(emas)) | ((set(modules) | set(emas)) & RESERVED))
+    if clash:
+        raise ValueError(f"method {cfg.method!r} names modules or EMA copies {clash}: those names are taken")
+    params = {name: optim.group_parameters(modules, group) for name, group in method.groups.items()}
+    optimizers = {name: optim.make_optimizer(params[name], cfg, group) for name, group in method.groups.items()}
     generators = {r: torch.Generator().manual_seed(cfg.seed + 1 + r) for r in range(cfg.streams)}
-    return TrainState(cfg=cfg, net=net, ema=EMA(net, functools.partial(ema_warmup, cfg.ema)), target=target,
-                      optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr), method=method, data=data,
-                      generators=generators, dist=dist_info)
+    return TrainState(cfg=cfg, method=method, modules=modules, emas=emas, optimizers=optimizers, params=params,
+                      data=data, generators=generators, dist=dist_info)
+
+
+def _placed(model, data, dist_info):
+    """A model in train mode on the run's device (channels-last for images on a GPU: faster convolutions)."""
+    model = model.train().to(dist_info.device)
+    if dist_info.device.type == "cuda" and len(getattr(data, "shape", ())) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _load_teacher(cfg, net, dist_info):
@@ -82,7 +121,7 @@ def _load_teacher(cfg, net, dist_info):
     teacher, teacher_cfg = load_teacher(cfg.teacher)
     teacher = teacher.to(dist_info.device)
     check_teacher_shape(cfg, teacher, net)
-    if cfg.init_from_teacher and METHODS[teacher_cfg.method].precond == "edm":
+    if cfg.init_from_teacher and isinstance(teacher.process, VE):      # same network inputs as the student
         load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
     if cfg.teacher_guidance and not teacher_cfg.cond:
         raise FewstepError(f"teacher_guidance needs a class-conditional teacher; {cfg.teacher} was trained without cond=true")
@@ -143,36 +182,50 @@ def _kept_checkpoint(state):
             else f"the last good checkpoint (step {state.saved_k}) is kept")
 
 
-def bad_loss_message(state, loss):
+def bad_loss_message(state, loss, group=None):
     """One line for a NaN/inf loss: what, at which step, the fix, and what is kept."""
     what = "NaN" if math.isnan(loss) else "infinite"
-    return (f"the loss is {what} at step {state.k + 1}; lower the learning rate (--lr, now {state.cfg.lr:g}) "
+    whose = f" of group {group!r}" if group is not None and len(state.method.groups) > 1 else ""
+    return (f"the loss{whose} is {what} at step {state.k + 1}; lower the learning rate (--lr, now {state.cfg.lr:g}) "
             f"or check the data for NaN/inf values; {_kept_checkpoint(state)}")
 
 
 def train_step(state):
-    """One step of Algorithms 2/3 (or a teacher's loss) over this process's streams: losses, gradients
-    summed over all streams and processes, Adam update, then the EMA updates."""
-    cfg, target = state.cfg, (state.target.module if state.target is not None else None)
-    state.optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    """One training step: every optimizer group updated in the method's order, as often as it asks, then
+    the EMA copies (theta^- of CD/CT with mu(k), the sampling EMA). Returns {group: mean loss}."""
+    losses = {}
+    for name, group in state.method.groups.items():
+        losses[name] = sum(update_group(state, name) for _ in range(group.updates)) / group.updates
+    for ema, src in state.emas.values():
+        ema.update(state.modules[src], state.k)
+    state.k += 1
+    return losses
+
+
+def update_group(state, name):
+    """One update of one group over this process's streams (Algorithms 2/3, or a teacher's loss): a fresh
+    batch per stream, gradients summed over all streams and processes, only into this group's
+    parameters, a NaN guard, then the optimizer step."""
+    cfg, params, optimizer = state.cfg, state.params[name], state.optimizers[name]
+    optim.set_lr(optimizer, optim.lr_at(cfg, state.method.groups[name], state.k))
+    trained = set(map(id, params))
+    for p in state.trained_parameters():        # the other groups' parameters get no gradient from this loss
+        p.requires_grad_(id(p) in trained)
+        p.grad = None
+    nets, total = state.nets(), 0.0
     for r in state.my_streams:
         g = state.generators[r]
         batch = prepare_batch(state, state.data.sample(cfg.batch // cfg.streams, g), g)
         autocast = torch.autocast(state.dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         with stream_rng(g, state.dist.device), autocast:
-            loss = state.method(state.net, batch, target=target, k=state.k, generator=g) / cfg.streams
+            loss = state.method.loss(name, nets, batch, k=state.k, generator=g) / cfg.streams
         loss.backward()
         total += loss.item()
     total = distributed.all_reduce_sum(total, state.dist.world, state.dist.device)
     if not math.isfinite(total):
-        raise FewstepError(bad_loss_message(state, total))
-    distributed.all_reduce_grads(state.net.parameters(), state.dist.world)
-    state.optimizer.step()
-    if state.target is not None:
-        state.target.update(state.net, state.k)
-    state.ema.update(state.net, state.k)
-    state.k += 1
+        raise FewstepError(bad_loss_message(state, total, name))
+    distributed.all_reduce_grads(params, state.dist.world)
+    optimizer.step()
     return total
 
 
@@ -181,11 +234,11 @@ def save(state, path):
     errors reach every rank. Refuses non-finite weights so a bad run never replaces a good checkpoint;
     the ranks decide that together, before the sync check (where NaN checksums would never match). A
     write that fails (a full or read-only disk) leaves the previous checkpoint as it was."""
-    finite = all(torch.isfinite(p).all() for p in state.net.parameters())
+    finite = all(torch.isfinite(p).all() for p in state.trained_parameters())
     if distributed.any_rank(not finite, state.dist.world, state.dist.device):
         raise FewstepError(f"the weights became NaN/inf by step {state.k}; lower the learning rate "
                            f"(--lr, now {state.cfg.lr:g}) or check the data; {_kept_checkpoint(state)}")
-    distributed.check_in_sync(state.net.parameters(), state.dist.world)
+    distributed.check_in_sync(state.trained_parameters(), state.dist.world)
     gens = {}
     for part in distributed.gather_objects({r: state.generators[r].get_state() for r in state.my_streams}, state.dist.world):
         gens.update(part)
@@ -200,26 +253,36 @@ def save(state, path):
     state.saved_k = state.k
 
 
+RESERVED = {"optim", "rng", "state"}          # checkpoint prefixes that are not module or EMA names
+
+
 def _write_checkpoint(state, path, gens):
-    tensors = {**flatten("net", state.net.state_dict()), **flatten("ema", state.ema.state_dict())}
-    if state.target is not None:
-        tensors.update(flatten("target", state.target.state_dict()))
-    optim_tensors, optim_meta = optimizer_to_tensors(state.optimizer)
-    tensors.update(optim_tensors)
+    """Every module, EMA copy and optimizer by name, the method's own state, the RNGs, and the config."""
+    tensors, optimizers = {}, {}
+    for name, module in state.modules.items():
+        tensors.update(flatten(name, module.state_dict()))
+    for name, (ema, _) in state.emas.items():
+        tensors.update(flatten(name, ema.state_dict()))
+    for name, optimizer in state.optimizers.items():
+        optim_tensors, optimizers[name] = optimizer_to_tensors(optimizer, f"optim.{name}")
+        tensors.update(optim_tensors)
+    tensors.update(flatten("state", state.method.state_dict()))
     tensors["rng.torch"] = torch.get_rng_state()
     tensors.update({f"rng.stream.{r}": s for r, s in gens.items()})
-    save_checkpoint(path, tensors, {"k": state.k, "optimizer": optim_meta, "config": state.cfg.to_dict(),
+    save_checkpoint(path, tensors, {"k": state.k, "optimizers": optimizers, "config": state.cfg.to_dict(),
                                     "world": state.dist.world})
 
 
 def restore(state, path):
     tensors, meta = load_checkpoint(path)
     check_checkpoint_config(meta, state.cfg, path)
-    load_state(state.net, unflatten("net", tensors), path)
-    load_state(state.ema.module, unflatten("ema", tensors), path)
-    if state.target is not None:
-        load_state(state.target.module, unflatten("target", tensors), path)
-    state.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+    for name, module in state.modules.items():
+        load_state(module, unflatten(name, tensors), path)
+    for name, (ema, _) in state.emas.items():
+        load_state(ema.module, unflatten(name, tensors), path, f"EMA copy {name!r}")
+    for name, optimizer in state.optimizers.items():
+        optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizers"][name], f"optim.{name}"))
+    state.method.load_state_dict(unflatten("state", tensors))
     torch.set_rng_state(tensors["rng.torch"])
     for r, g in state.generators.items():
         g.set_state(tensors[f"rng.stream.{r}"])
@@ -372,7 +435,8 @@ def _loop(state, run_dir, bar, writer, lines=False):
             record = _log(state, run_dir, losses, time.perf_counter() - t0, bar, writer)
             tenth = lambda k: 10 * k // cfg.steps                                   # noqa: E731
             if lines and tenth(state.k) != tenth(state.k - len(losses)):           # about ten lines a run
-                print(f"{cfg.method} {run_dir}: step {state.k}/{cfg.steps}  loss {record['loss']:.4g}  "
+                loss = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("loss"))
+                print(f"{cfg.method} {run_dir}: step {state.k}/{cfg.steps}  {loss}  "
                       f"{record['sec_per_step']:.3f} s/step", file=sys.stderr, flush=True)
             losses, t0 = [], time.perf_counter()
         if state.k % cfg.ckpt_every == 0 or state.k == cfg.steps:
@@ -388,15 +452,19 @@ def _log_samples(state, writer, n=16):
     net = getattr(state.ema.module, "net", None)
     if not hasattr(net, "img_shape"):
         return
-    steps = 1 if METHODS[state.cfg.method].precond == "consistency" else 9
+    steps = state.method.produces.preview_steps
     cond = {"class_labels": torch.arange(n, device=state.dist.device) % net.num_classes} if state.cfg.cond else None
     x, _ = generate(state.ema.module, state.cfg, n, steps, generator=torch.Generator().manual_seed(0), cond=cond)
     writer.add_images("samples", (x.float().clamp(-1, 1) + 1) / 2, state.k)
 
 
 def _log(state, run_dir, losses, seconds, bar, writer):
-    record = {"k": state.k, "loss": sum(losses) / len(losses), "sec_per_step": seconds / len(losses),
-              "samples_per_sec": state.cfg.batch * len(losses) / max(seconds, 1e-9)}
+    """One metrics.jsonl record per interval: the mean loss ("loss", or "loss.GROUP" for several groups)."""
+    names = list(losses[0])
+    means = {name: sum(step[name] for step in losses) / len(losses) for name in names}
+    record = {"k": state.k, **({"loss": means[names[0]]} if len(names) == 1 else
+                               {f"loss.{name}": v for name, v in means.items()}),
+              "sec_per_step": seconds / len(losses), "samples_per_sec": state.cfg.batch * len(losses) / max(seconds, 1e-9)}
     if state.target is not None:
         record["mu"] = state.target.mu(state.k)
     if hasattr(state.method, "N"):
@@ -405,5 +473,6 @@ def _log(state, run_dir, losses, seconds, bar, writer):
     for key, value in record.items():
         if key != "k":
             writer.add_scalar(f"train/{key}", value, state.k)
-    bar.set_postfix(loss=f"{record['loss']:.4g}", img_s=f"{record['samples_per_sec']:.0f}")
+    bar.set_postfix(**{k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss")},
+                    img_s=f"{record['samples_per_sec']:.0f}")
     return record

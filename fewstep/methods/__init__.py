@@ -1,8 +1,8 @@
-"""Training methods, one file per family. A method is a small object: hyperparameters in __init__,
-`method(net, batch, target=..., k=..., generator=...)` returns the loss. Class attributes tell the
-training loop what it needs: `precond` (which wrapper the network gets) and `uses_target` (whether
-to keep an EMA target theta^- updated with rate `method.mu(k)`). Methods that distill take a
-`teacher` denoiser D(x, sigma, **cond)."""
+"""Training methods, one file per family, each a small class on the protocol of methods/base.py:
+hyperparameters in __init__, the kind of model it produces and its noise process as class attributes,
+its optimizer groups and EMA copies declared, and the loss of one group. A single-network method just
+writes `method(net, batch, target=..., k=..., generator=...)`. Methods that distill take a `teacher`
+denoiser D(x, sigma, **cond). Registering a class here puts it under tests/test_contract.py."""
 
 from .consistency import (ConsistencyDistillation, ConsistencyTraining, ContinuousCD, ContinuousCT,
                           ImprovedConsistencyTraining)

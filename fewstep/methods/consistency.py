@@ -5,10 +5,13 @@ with `net` a consistency function f_theta(x, sigma, **cond) (precond.Consistency
 import torch
 from torch.func import jvp
 
+from ..kinds import CONSISTENCY
 from ..precond import append_dims
+from ..processes import VE
 from ..sampling import ode_step
 from ..schedules import (RHO, SIGMA_MAX, SIGMA_MIN, cm_timesteps, ct_mu, ct_N, ict_index_probs, ict_N,
                          sample_karras_uniform)
+from .base import Method
 from .common import make_distance, randn_like, split_batch
 
 
@@ -17,12 +20,14 @@ def _pick(grid, n, y):
     return grid[n].to(y)
 
 
-class ConsistencyDistillation:
+class ConsistencyDistillation(Method):
     """Algorithm 2 of seed 000: d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta^-(x_hat_{t_n}, t_n)) with
     x_hat_{t_n} one Euler or Heun step of the teacher's PF-ODE, n ~ U[1, N-1], theta^- an EMA of rate mu."""
 
-    precond = "consistency"
-    uses_target = True
+    produces, process = CONSISTENCY, VE
+
+    def emas(self):
+        return {"target": ("net", self.mu)}             # theta^-, updated with rate mu(k)
 
     def __init__(self, teacher, N=18, solver="heun", distance="l2", mu=0.95, weighting="uniform",
                  sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, feature_net=None, c=None):
@@ -45,12 +50,14 @@ class ConsistencyDistillation:
         return _pair_loss(self, net, target, x_t_n1, t_n1, x_hat_t_n, t_n, cond)
 
 
-class ConsistencyTraining:
+class ConsistencyTraining(Method):
     """Algorithm 3 of seed 000: d(f_theta(x + t_{n+1} z, t_{n+1}), f_theta^-(x + t_n z, t_n)) with the
     adaptive schedules N(k) and mu(k) over K training steps."""
 
-    precond = "consistency"
-    uses_target = True
+    produces, process = CONSISTENCY, VE
+
+    def emas(self):
+        return {"target": ("net", self.mu)}             # theta^-, updated with rate mu(k)
 
     def __init__(self, K, s0=2, s1=150, mu0=0.9, distance="l2", weighting="uniform",
                  sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, feature_net=None, c=None):
@@ -74,12 +81,11 @@ class ConsistencyTraining:
         return _ct_pair_loss(self, net, target, x, cond, _pick(t, n - 1, x), _pick(t, n, x), generator)
 
 
-class ImprovedConsistencyTraining:
+class ImprovedConsistencyTraining(Method):
     """iCT (seed 004): lambda(sigma_i) = 1/(sigma_{i+1} - sigma_i), pseudo-Huber d, the exponential
     curriculum N(k), lognormal index sampling p(i), and theta^- = stopgrad(theta): no EMA teacher."""
 
-    precond = "consistency"
-    uses_target = False
+    produces, process = CONSISTENCY, VE
 
     def __init__(self, K, s0=10, s1=1280, P_mean=-1.1, P_std=2.0, distance="pseudo-huber",
                  weighting="inverse-dsigma", sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
@@ -141,13 +147,12 @@ def _total_derivative(f, x_t, t, dx_dt, cond):
     return jvp(lambda x, s: f(x, s, **cond), (x_t, t), (dx_dt, torch.ones_like(t)))
 
 
-class ContinuousCD:
+class ContinuousCD(Method):
     """Continuous-time CD: E[lambda(t) ||df_theta/dt - t df_theta/dx s_phi(x_t, t)||^2] (seed 000), i.e. the
     squared total derivative of f_theta along the teacher's PF-ODE dx/dt = -t s_phi = (x - D_phi) / t.
     No stopgrad: gradients flow through the JVP."""
 
-    precond = "consistency"
-    uses_target = False
+    produces, process = CONSISTENCY, VE
 
     def __init__(self, teacher, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
         self.teacher, self.sigma_min, self.sigma_max, self.rho = teacher, sigma_min, sigma_max, rho
@@ -162,13 +167,12 @@ class ContinuousCD:
         return df_dt.square().flatten(1).sum(1).mean()
 
 
-class ContinuousCT:
+class ContinuousCT(Method):
     """Continuous-time CT: 2 E[lambda(t) f_theta(x_t, t)^T (df_theta^-/dt + df_theta^-/dx (x_t - x)/t)] with
     theta^- = stopgrad(theta) (seed 000). The value is not a distance (it can be negative); its gradient
     is that of the continuous CT objective."""
 
-    precond = "consistency"
-    uses_target = False
+    produces, process = CONSISTENCY, VE
 
     def __init__(self, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO):
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho

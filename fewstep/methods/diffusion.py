@@ -2,18 +2,19 @@
 
 import torch
 
+from ..kinds import DENOISER
 from ..precond import append_dims
-from ..processes import VPDiscrete
+from ..processes import VE, VPDiscrete
 from ..schedules import SIGMA_DATA
+from .base import Method
 from .common import randn_like, split_batch
 
 
-class EDMLoss:
+class EDMLoss(Method):
     """EDM's denoising score matching: ln sigma ~ N(P_mean, P_std^2), weight (sigma^2 + sd^2)/(sigma sd)^2,
     loss = weight ||D(y + sigma n, sigma) - y||^2 (seed 004, "x_start" objective with EDM's weighting)."""
 
-    precond = "edm"
-    uses_target = False
+    produces, process = DENOISER, VE
 
     def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=SIGMA_DATA):
         self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
@@ -28,12 +29,11 @@ class EDMLoss:
         return (weight * (D - y).square().flatten(1).sum(1)).mean()
 
 
-class DDPMLoss:
+class DDPMLoss(Method):
     """DDPM's eps-prediction loss E_{t, eps} ||eps_theta(x_t, t) - eps||^2 with t ~ U{1..T}
     (seed 004, "noise" objective; seed 002). Works through VPPrecond's D: eps_hat = (x - D) / s."""
 
-    precond = "vp"
-    uses_target = False
+    produces, process = DENOISER, VPDiscrete        # the process takes T, beta_start, beta_end from the options
 
     def __init__(self, T=1000, beta_start=1e-4, beta_end=0.02):
         self.process = VPDiscrete(T, beta_start, beta_end)

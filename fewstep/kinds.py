@@ -1,0 +1,79 @@
+"""Model kinds: what a run produces, and so how its network is wrapped, which samplers fit it, where
+sampling starts and whether it can teach. A method names its kind (`Method.produces`); callers ask the
+kind instead of testing method or preconditioning names.
+
+| kind        | call            | wrapper (precond.py)                       | samplers            | teacher |
+|-------------|-----------------|--------------------------------------------|---------------------|---------|
+| DENOISER    | D(x, sigma)     | the process's: EDMPrecond (VE), VPPrecond   | heun, euler, ddim,  | yes     |
+|             |                 |                                            | ddpm, langevin      |         |
+| CONSISTENCY | f(x, sigma)     | ConsistencyPrecond (boundary f(x, eps) = x) | consistency         | no      |
+| CLASSIFIER  | logits(x, sigma)| none: the raw network                      | none                | no      |
+
+The noise process (fewstep.processes: VE, VP discrete) is the other half: it owns the sampling grid
+and the prior a denoiser's samplers start from. A rectified-flow velocity field is a denoiser on the
+rectified-flow interpolation (the conversion is exact), so it needs no kind of its own.
+"""
+
+import torch
+
+from .precond import ConsistencyPrecond
+from .processes import VE
+from .sampling import SAMPLERS, consistency_taus
+
+
+class Denoiser:
+    """D(x, sigma) ~ E[x0 | x] in VE coordinates (EDM's contract); any ODE/SDE sampler of sampling.py."""
+    name = "denoiser"
+    preview_steps = 9                   # TensorBoard grids: 9 Heun steps, 17 NFE
+    samplers = tuple(SAMPLERS)
+    teacher = True
+    generates = True
+
+    def wrap(self, net, cfg, process):
+        return process.denoiser(net, sigma_data=cfg.sigma_data)
+
+    def default_sampler(self, process):
+        return process.default_sampler
+
+
+class ConsistencyFunction:
+    """f(x, sigma) with f(x, sigma_min) = x (seed 000); sampled by Algorithm 1 over time points tau."""
+    name = "consistency"
+    preview_steps = 1
+    samplers = ("consistency",)
+    teacher = False
+    generates = True
+
+    def wrap(self, net, cfg, process):
+        model = ConsistencyPrecond(net, cfg.sigma_data, cfg.sigma_min, cfg.boundary)
+        model.process = VE()                # Algorithm 1 starts from N(0, T^2 I) and re-noises in VE
+        return model
+
+    def default_sampler(self, process):
+        return "consistency"
+
+    def grid(self, model, cfg, steps, sigma_start=None, taus=None):
+        """Algorithm 1's time points: the explicit taus, or T and steps - 1 Karras levels below it."""
+        if taus is None:
+            taus = consistency_taus(steps, cfg.sigma_min, sigma_start or cfg.sigma_max, cfg.rho)
+        taus = torch.as_tensor(taus, dtype=torch.float64)
+        if not torch.isfinite(taus).all() or (taus <= 0).any():
+            raise ValueError(f"the time points must be positive finite numbers, got {taus.tolist()}; e.g. --tau 80,0.8")
+        if taus.numel() and taus[0] > cfg.sigma_max:
+            raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
+                             f"start the --tau list at {cfg.sigma_max:g} or below")
+        return taus
+
+
+class NoiseClassifier:
+    """logits(x, sigma): the noise-conditional classifier of classifier guidance (seed 002); not a generator."""
+    name = "classifier"
+    samplers = ()
+    teacher = False
+    generates = False
+
+    def wrap(self, net, cfg, process):
+        return net
+
+
+DENOISER, CONSISTENCY, CLASSIFIER = Denoiser(), ConsistencyFunction(), NoiseClassifier()
