@@ -158,3 +158,25 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with pytest.raises(FewstepError, match=r"NaN/inf by step 5.*--lr.*last good checkpoint \(step 5\) is kept"):
         save(state, os.path.join(run, CHECKPOINT))
     assert open(os.path.join(run, CHECKPOINT), "rb").read() == before
+
+
+def test_a_format_1_checkpoint_still_loads_and_resumes_exactly(tmp_path):
+    # runs written before the method protocol had one optimizer, stored as "optim.<i>.<name>"
+    from safetensors.torch import save_file
+
+    from fewstep.checkpoint import FORMAT_1
+    whole, old = str(tmp_path / "whole"), str(tmp_path / "old")
+    train(_cfg(steps=6, method_kwargs={"K": 6}), whole, progress=False)
+    train(_cfg(steps=3, method_kwargs={"K": 6}), old, progress=False)
+    path = os.path.join(old, CHECKPOINT)
+    tensors, meta = load_checkpoint(path)
+    tensors = {("optim." + k[len("optim.net."):] if k.startswith("optim.net.") else k): v for k, v in tensors.items()}
+    meta["optimizer"] = meta.pop("optimizers")["net"]
+    save_file(tensors, path, metadata={"format": FORMAT_1, "meta": json.dumps(meta)})
+    load_model(old)
+    train(_cfg(steps=6, method_kwargs={"K": 6}), old, resume=True, progress=False)
+    a, _ = load_checkpoint(os.path.join(whole, CHECKPOINT))
+    b, meta = load_checkpoint(os.path.join(old, CHECKPOINT))
+    assert meta["k"] == 6 and sorted(meta["optimizers"]) == ["net"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

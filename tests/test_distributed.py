@@ -32,10 +32,11 @@ def _run(nproc, *args):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def _launch_ranks(nproc, argv, timeout=180):
+def _launch_ranks(nproc, argv, timeout=180, extra_path=None):
     """[(exit code, stderr)] of nproc ranks of `python argv` started directly, without torchrun's agent
     (which would kill the other ranks once one quits): a rank left waiting in a collective times out."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+    path = ROOT if extra_path is None else ROOT + os.pathsep + extra_path
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nproc)}
     procs = [subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]

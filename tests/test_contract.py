@@ -1,0 +1,128 @@
+"""The contract every registered training method keeps (and the toy two-network fixture of
+tests/toy_methods.py): finite losses, gradients only in the declared groups, a save/restore in the
+middle equal to an uninterrupted run bit for bit, two gloo processes equal to one, and its trained
+model sampled by every sampler its kind allows. Registering a method in fewstep.methods.METHODS puts
+it under this suite; a new method with needs beyond 2-D data and a teacher adds a line to SETUPS."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fewstep.checkpoint import load_checkpoint
+from fewstep.config import TrainConfig
+from fewstep.generate import generate, run_kind
+from fewstep.methods import DISTILLATION, METHODS
+from fewstep.runs import load_model
+from fewstep.train import build_state, train, update_group
+
+sys.path.insert(0, os.path.dirname(__file__))
+import toy_methods  # noqa: E402
+from test_distributed import _launch_ranks  # noqa: E402
+
+toy_methods.register()
+TINY = dict(steps=4, batch=16, streams=2, ckpt_every=2, log_every=1, net_kwargs={"width": 16, "depth": 1})
+SETUPS = {      # what a method needs beyond TINY on the 2-D mixture
+    "ct": dict(method_kwargs={"s1": 4, "K": 4}), "ict": dict(method_kwargs={"s0": 2, "s1": 8, "K": 4}),
+    "classifier": dict(data="folder", net="classifier", cond=True, data_kwargs={"resolution": 8},
+                       net_kwargs={"channels": [8, 8], "feature_dim": 8}),
+}
+NAMES = sorted(METHODS)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("contract") / "teacher")
+    train(TrainConfig(method="edm", **{**TINY, "streams": 1}), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """A labelled image folder: 2 classes x 6 gray 8 x 8 pictures."""
+    root = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        os.makedirs(root / c)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / c / f"{i}.png")
+    return str(root)
+
+
+def config(name, teacher, pictures, **over):
+    setup = {**TINY, **SETUPS.get(name, {}), **over}
+    if name in DISTILLATION:
+        setup["teacher"] = teacher
+    if setup.get("data") == "folder":
+        setup["data_kwargs"] = {**setup["data_kwargs"], "root": pictures}
+    return TrainConfig(method=name, **setup)
+
+
+def tensors(run):
+    return load_checkpoint(os.path.join(run, "checkpoint.safetensors"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_losses_are_finite_and_gradients_stay_in_their_group(name, teacher, pictures):
+    state = build_state(config(name, teacher, pictures))
+    for group in state.method.groups:
+        loss = update_group(state, group)
+        assert np.isfinite(loss), (group, loss)
+        mine = set(map(id, state.params[group]))
+        assert all(p.grad is not None for p in state.params[group] if p.requires_grad), group
+        others = [p for p in state.trained_parameters() if id(p) not in mine]
+        assert all(p.grad is None for p in others), f"group {group!r} put gradients into another group's parameters"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_resumed_run_equals_an_uninterrupted_one(name, teacher, pictures, tmp_path):
+    whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
+    train(config(name, teacher, pictures), whole, progress=False)
+    train(config(name, teacher, pictures, steps=2), halves, progress=False)
+    train(config(name, teacher, pictures), halves, resume=True, progress=False)
+    (a, meta_a), (b, meta_b) = tensors(whole), tensors(halves)
+    assert meta_a["k"] == meta_b["k"] == 4 and sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    groups = METHODS[name].groups
+    assert sorted(meta_a["optimizers"]) == sorted(groups)
+    for group in groups:                    # every group's optimizer state and every named module were saved
+        assert any(k.startswith(f"optim.{group}.") for k in a), group
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_two_gloo_processes_equal_one(name, teacher, pictures, tmp_path):
+    cfg = config(name, teacher, pictures)
+    args = [name, "--config", str(tmp_path / "cfg.json"), "--quiet"]
+    with open(tmp_path / "cfg.json", "w") as f:
+        f.write(__import__("json").dumps({k: v for k, v in cfg.to_dict().items() if k != "method"}))
+    runner = ["-c", "import sys, toy_methods; toy_methods.register(); from fewstep.cli import main; "
+              "sys.exit(main(['train', *sys.argv[1:]]))"]
+    results = {}
+    for world in (1, 2):        # both as subprocesses: one thread each, so the numbers are comparable
+        out = str(tmp_path / f"world{world}")
+        codes = _launch_ranks(world, runner + args + ["--out", out], extra_path=os.path.dirname(__file__))
+        assert all(code == 0 for code, _ in codes), codes
+        results[world] = tensors(out)
+    (one, _), (two, meta) = results[1], results[2]
+    assert meta["world"] == 2
+    assert sorted(one) == sorted(two)
+    for key in one:
+        if key != "rng.torch":                  # the global RNG only seeds initialisation
+            torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_sampler_of_its_kind_samples_the_trained_run(name, teacher, pictures, tmp_path):
+    run = str(tmp_path / "run")
+    train(config(name, teacher, pictures, steps=2), run, progress=False)
+    model, cfg = load_model(run)
+    kind = run_kind(cfg)
+    assert model.kind is kind
+    for sampler in kind.samplers:
+        x, nfe = generate(model, cfg, 8, 2, sampler=sampler, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (8, 2) and torch.isfinite(x).all() and nfe >= 1, sampler
