@@ -15,14 +15,14 @@ import time
 
 import torch
 
-from .config import TrainConfig
-from .errors import FewstepError
-from .evaluate import crop_to, reference_features, sample_images
-from .metrics.fd import extract_features, fd_from_features
-from .metrics.features import load_feature_net
-from .metrics.precision_recall import precision_recall
-from .plots import image_grid
-from .train import train
+from ..config import TrainConfig
+from ..errors import FewstepError
+from ..evaluate import crop_to, reference_features, sample_images
+from ..metrics.fd import extract_features, fd_from_features
+from ..metrics.features import load_feature_net
+from ..metrics.precision_recall import precision_recall
+from ..plots import image_grid
+from ..train import train
 
 IMAGE_NET = {"config": "cpu-tiny"}
 
@@ -116,7 +116,7 @@ def _md_row(r):
 
 
 def _write(out, rows, budget, n, seconds, write_docs):
-    from .plots import fd_vs_nfe_plot
+    from ..plots import fd_vs_nfe_plot
     header = ["| model | steps | NFE | FD | precision | recall | sampling images/s | train s/step | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|---|"]
     table = "\n".join(header + [_md_row(r) for r in rows])

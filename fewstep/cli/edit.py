@@ -11,14 +11,14 @@ import os
 import numpy as np
 import torch
 
-from .data.images import _unreadable
-from .editing import (LUMA, Colorization, Inpainting, SuperResolution, box_hole, denoise, interpolate,
+from ..data.images import _unreadable
+from ..editing import (LUMA, Colorization, Inpainting, SuperResolution, box_hole, denoise, interpolate,
                       solve_inverse, stroke_guided)
-from .errors import FewstepError
-from .generate import pick_sampler
-from .outputs import check_outputs, output_dir
-from .plots import image_grid, save_image
-from .runs import build_dataset, load_model
+from ..errors import FewstepError
+from ..generate import pick_sampler
+from ..outputs import check_outputs, output_dir
+from ..plots import image_grid, save_image
+from ..runs import build_dataset, load_model
 
 INVERSE_STEPS = 8      # a CM re-imposes the observation after each of its steps: more steps, more coherent fills
 TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise", "interpolate")
@@ -229,7 +229,7 @@ def run_scores(args):
     """`fewstep edit inpaint|superres RUN --score 1,2,4,8`: print and save the table of `edit_scores`."""
     import json
 
-    from .generate import parse_steps
+    from ..generate import parse_steps
     if args.task not in ("inpaint", "superres"):
         raise FewstepError(f"--score measures inpaint and superres on Fashion-MNIST, not {args.task}")
     check_outputs(args.out, [f"{args.task}_scores.json"], args.overwrite)
@@ -250,9 +250,9 @@ def edit_scores(run, task, steps, n=1000, sampler=None, batch=250, seed=0):
     test split in the shipped classifier's features, and the largest deviation from the measurement."""
     import time
 
-    from .evaluate import reference_features
-    from .metrics.fd import extract_features, fd_from_features
-    from .metrics.features import load_feature_net
+    from ..evaluate import reference_features
+    from ..metrics.fd import extract_features, fd_from_features
+    from ..metrics.features import load_feature_net
     model, cfg = load_model(run)
     if tuple(model.net.img_shape) != (1, 28, 28):
         raise FewstepError(f"edit scores use the Fashion-MNIST feature classifier (1 x 28 x 28 images); run {run} "

@@ -11,12 +11,12 @@ import time
 
 import torch
 
-from .config import TrainConfig
-from .generate import generate
-from .metrics.toy import consistency_error, sample_distance
-from .plots import scatter_grid
-from .runs import build_dataset
-from .train import train
+from ..config import TrainConfig
+from ..generate import generate
+from ..metrics.toy import consistency_error, sample_distance
+from ..plots import scatter_grid
+from ..runs import build_dataset
+from ..train import train
 
 N_SAMPLES, STEPS = 4000, (1, 2, 4)
 TEACHER_HEUN_STEPS = 18                      # 35 NFE, EDM's CIFAR-10 setting

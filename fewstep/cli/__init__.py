@@ -10,8 +10,8 @@ import json
 import os
 import sys
 
-from . import __version__
-from .errors import FewstepError
+from .. import __version__
+from ..errors import FewstepError
 
 DEBUG = "FEWSTEP_DEBUG"        # set it to see the traceback of an unexpected error
 MAX_SEED = 2 ** 62
@@ -32,7 +32,7 @@ def parse_value(text):
 
 
 def config_fields():
-    from .config import TrainConfig
+    from ..config import TrainConfig
     return set(TrainConfig.__dataclass_fields__)
 
 
@@ -110,8 +110,8 @@ def folder(text):
 
 def cmd_train(args):
     """A new run, or (--resume) the run in --out continued: its config.json is the base that flags change."""
-    from .checkpoint import read_json
-    from .runs import CONFIG
+    from ..checkpoint import read_json
+    from ..runs import CONFIG
     cfg = {}
     stored = os.path.join(args.out, CONFIG)
     if args.resume and os.path.isfile(stored):
@@ -129,7 +129,7 @@ def cmd_train(args):
 
 def cmd_resume(args):
     """Continue a run from its folder alone; --steps N trains it to step N (default: the steps it was given)."""
-    from .runs import CHECKPOINT, load_config
+    from ..runs import CHECKPOINT, load_config
     cfg = load_config(args.run).to_dict()
     if not os.path.isfile(os.path.join(args.run, CHECKPOINT)):
         raise FewstepError(f"{args.run} has no checkpoint to resume (it stopped before its first one); start it "
@@ -142,8 +142,8 @@ def cmd_resume(args):
 def run_training(cfg_dict, out, resume, quiet):
     import time
 
-    from .config import TrainConfig
-    from .train import train
+    from ..config import TrainConfig
+    from ..train import train
     cfg = TrainConfig.from_dict(cfg_dict).validate()
     t0 = time.perf_counter()
     state = train(cfg, out, resume=resume, progress=not quiet)
@@ -155,12 +155,12 @@ def run_training(cfg_dict, out, resume, quiet):
 
 
 def cmd_info(args):
-    from .runs import describe_run
+    from ..runs import describe_run
     print(describe_run(args.run))
 
 
 def cmd_methods(args):
-    from .config import method_options
+    from ..config import method_options
     print(method_options(args.method))
 
 
@@ -169,11 +169,11 @@ def cmd_sample(args):
 
     import time
 
-    from .generate import check_sampling, generate, parse_steps
-    from .metrics.toy import consistency_error, sample_distance
-    from .plots import scatter_grid
-    from .runs import build_dataset, load_model
-    from .outputs import output_dir
+    from ..generate import check_sampling, generate, parse_steps
+    from ..metrics.toy import consistency_error, sample_distance
+    from ..plots import scatter_grid
+    from ..runs import build_dataset, load_model
+    from ..outputs import output_dir
     steps = parse_steps(args.steps)
     taus = parse_taus(args.tau) if args.tau else None
     model, cfg = load_model(args.run, args.which)
@@ -210,8 +210,8 @@ def sample_image_run(args, model, cfg, steps, taus, out):
     (FD and precision/recall are `fewstep eval`'s)."""
     import torch
 
-    from .evaluate import sample_images
-    from .plots import image_grid
+    from ..evaluate import sample_images
+    from ..plots import image_grid
     rows = []
     print(f"{'steps':>5} {'NFE':>5} {'images/s':>10}")
     for s in (steps if taus is None else [len(taus)]):
@@ -226,15 +226,15 @@ def sample_image_run(args, model, cfg, steps, taus, out):
 
 
 def cmd_eval(args):
-    from .evaluate import evaluate
-    from .generate import parse_steps
+    from ..evaluate import evaluate
+    from ..generate import parse_steps
     evaluate(args.run, parse_steps(args.steps), n=args.n, sampler=args.sampler, guidance=args.guidance,
              classifier_run=args.classifier, seed=args.seed, out=args.out, overwrite=args.overwrite,
              progress=not args.quiet)
 
 
 def cmd_train_classifier(args):
-    from .metrics.features import train_feature_classifier
+    from ..metrics.features import train_feature_classifier
     acc = train_feature_classifier(args.out, epochs=args.epochs, progress=not args.quiet)
     print(f"test accuracy {acc:.4f} -> {args.out}")
 
@@ -257,8 +257,8 @@ def cmd_demo(args):
 
 def build_parser():
     from .edit import TASKS
-    from .methods import METHODS
-    from .metrics.features import FMNIST_CLASSIFIER
+    from ..methods import METHODS
+    from ..metrics.features import FMNIST_CLASSIFIER
     p = Parser(prog="fewstep", description="Few-step generative modeling: consistency models and diffusion "
                "distillation. `fewstep COMMAND --help` describes each command.")
     p.add_argument("--version", action="version", version=f"fewstep {__version__}")
