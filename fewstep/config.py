@@ -70,15 +70,29 @@ class TrainConfig:
         if isinstance(self.betas, tuple):               # JSON has lists only; keep one spelling for comparisons
             self.betas = list(self.betas)
 
-    def to_dict(self):
+    def flat(self):
+        """{field: value}: the Python view (and the layout of config.json before sections)."""
         return dataclasses.asdict(self)
+
+    def to_dict(self):
+        """The sections of config.json: run, data, network, method, optimizer, process (see PLACES)."""
+        sections = {name: {} for name in SECTIONS}
+        for field_name, value in self.flat().items():
+            section, key = PLACES[field_name]
+            sections[section][key] = value
+        return sections
 
     @classmethod
     def from_dict(cls, d):
+        """A config from its sections (config.json) or from flat fields (Python, and runs written before
+        sections: they load unchanged)."""
+        if d and all(k in SECTIONS and isinstance(v, dict) for k, v in d.items()):     # flat "method" is a string
+            d = unsection(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise FewstepError(f"unknown config field(s) {unknown}; valid fields are {sorted(names)}")
+            raise FewstepError(f"unknown config field(s) {unknown}; valid fields are {sorted(names)} "
+                               f"(or the sections {', '.join(SECTIONS)})")
         return cls(**d)
 
     def method_arguments(self):
@@ -183,6 +197,38 @@ class TrainConfig:
                 raise FewstepError(f"method option {name} must be {TYPE_NAMES[kind]}, got {value!r}; "
                                    f"e.g. --set {name}={json.dumps(params[name].default)}")
         return self
+
+
+# config.json's sections: field -> (section, key). Each section is checked by its own component: the run's
+# fields here, data options by the dataset, network options by the network (runs.check_options), method
+# options by the method's signature, optimizer fields by fewstep.optim's lists.
+SECTIONS = ("run", "data", "network", "method", "optimizer", "process")
+PLACES = {
+    "method": ("method", "name"), "method_kwargs": ("method", "options"), "teacher": ("method", "teacher"),
+    "init_from_teacher": ("method", "init_from_teacher"), "teacher_guidance": ("method", "teacher_guidance"),
+    "data": ("data", "name"), "data_kwargs": ("data", "options"), "cond": ("data", "cond"),
+    "label_dropout": ("data", "label_dropout"),
+    "net": ("network", "name"), "net_kwargs": ("network", "options"),
+    "optimizer": ("optimizer", "name"), **{f: ("optimizer", f) for f in ("lr", "betas", "weight_decay", "lr_warmup",
+                                                                         "lr_decay")},
+    **{f: ("process", f) for f in ("sigma_data", "sigma_min", "sigma_max", "rho", "boundary")},
+    **{f: ("run", f) for f in ("steps", "batch", "ema", "seed", "streams", "device", "bf16", "log_every", "ckpt_every")},
+}
+FIELD_OF = {place: name for name, place in PLACES.items()}
+
+
+def unsection(sections):
+    """Flat fields from config.json's sections, with one line for a key that belongs nowhere."""
+    flat = {}
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            raise FewstepError(f"config section {section!r} must be a JSON object, got {values!r}")
+        for key, value in values.items():
+            if (section, key) not in FIELD_OF:
+                valid = sorted(k for s, k in FIELD_OF if s == section)
+                raise FewstepError(f"unknown key {key!r} in config section {section!r}; its keys are {valid}")
+            flat[FIELD_OF[section, key]] = value
+    return flat
 
 
 def method_options(name=None):

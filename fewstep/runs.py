@@ -22,7 +22,7 @@ RESUMABLE = {"steps", "log_every", "ckpt_every", "device", "bf16"}
 
 def changed_fields(old, new):
     """The config fields, outside RESUMABLE, in which two resolved configs differ."""
-    a, b = old.to_dict(), new.to_dict()
+    a, b = old.flat(), new.flat()
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE)
 
 

@@ -118,7 +118,7 @@ def test_checkpoint_that_does_not_match_the_network(tmp_path):
     train(_cfg(steps=5), run, progress=False)
     cfg_path = os.path.join(run, "config.json")
     cfg = json.load(open(cfg_path))
-    cfg["net_kwargs"]["width"] = 32
+    cfg["network"]["options"]["width"] = 32
     json.dump(cfg, open(cfg_path, "w"))
     with pytest.raises(FewstepError, match="trained with another config than .*config.json \\(net_kwargs differ\\)"):
         load_model(run)
@@ -137,7 +137,7 @@ def test_extending_steps_on_resume_keeps_the_curriculum(tmp_path):
     train(_cfg(steps=10), run, progress=False)
     state = train(_cfg(steps=20), run, resume=True, progress=False)
     assert state.k == 20 and state.method.K == 10                 # N(k), mu(k) keep the K the run began with
-    assert json.load(open(os.path.join(run, "config.json")))["method_kwargs"]["K"] == 10
+    assert json.load(open(os.path.join(run, "config.json")))["method"]["options"]["K"] == 10
     ks = [json.loads(line)["k"] for line in open(os.path.join(run, "metrics.jsonl"))]
     assert ks == sorted(set(ks)) and ks[-1] == 20
 
@@ -180,3 +180,19 @@ def test_a_format_1_checkpoint_still_loads_and_resumes_exactly(tmp_path):
     assert meta["k"] == 6 and sorted(meta["optimizers"]) == ["net"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_config_json_has_sections_and_a_flat_config_json_still_loads(tmp_path):
+    run = str(tmp_path / "r")
+    train(_cfg(steps=2), run, progress=False)
+    path = os.path.join(run, "config.json")
+    sections = json.load(open(path))
+    assert sorted(sections) == ["data", "method", "network", "optimizer", "process", "run"]
+    assert sections["method"]["options"]["s1"] == 150 and sections["process"]["sigma_max"] == 80.0
+    cfg = TrainConfig.from_dict(sections)
+    json.dump(cfg.flat(), open(path, "w"))                 # the layout of runs written before sections
+    model, flat = load_model(run)
+    assert flat == cfg
+    sections["method"]["colour"] = "blue"
+    with pytest.raises(FewstepError, match="unknown key 'colour' in config section 'method'"):
+        TrainConfig.from_dict(sections)

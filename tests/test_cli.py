@@ -49,7 +49,10 @@ def test_train_and_sample_end_to_end(runs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.load(open(tmp_path / "t" / "metrics.json"))[0]["nfe"] == 35          # Heun, EDM's 35 NFE
     cfg = json.load(open(student / "config.json"))
-    assert cfg["method"] == "cd" and cfg["method_kwargs"]["N"] == 8
+    assert cfg["method"]["name"] == "cd" and cfg["method"]["options"]["N"] == 8
+    assert sorted(cfg) == ["data", "method", "network", "optimizer", "process", "run"]
+    assert cfg["run"]["batch"] == 64 and cfg["optimizer"] == {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999],
+                                                               "weight_decay": 0.0, "lr_warmup": 0, "lr_decay": "none"}
 
 
 def test_unknown_method(tmp_path):

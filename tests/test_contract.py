@@ -99,7 +99,7 @@ def test_two_gloo_processes_equal_one(name, teacher, pictures, tmp_path):
     cfg = config(name, teacher, pictures)
     args = [name, "--config", str(tmp_path / "cfg.json"), "--quiet"]
     with open(tmp_path / "cfg.json", "w") as f:
-        f.write(__import__("json").dumps({k: v for k, v in cfg.to_dict().items() if k != "method"}))
+        f.write(__import__("json").dumps({k: v for k, v in cfg.flat().items() if k != "method"}))
     runner = ["-c", "import sys, toy_methods; toy_methods.register(); from fewstep.cli import main; "
               "sys.exit(main(['train', *sys.argv[1:]]))"]
     results = {}

@@ -36,8 +36,14 @@ def config_fields():
     return set(TrainConfig.__dataclass_fields__)
 
 
+SECTION_NAMES = ("run", "data", "network", "method", "optimizer", "process")
+
+
 def apply_sets(cfg_dict, sets):
-    """--set key=value: a TrainConfig field, net.X / data.X / method.X, or (bare) a method option."""
+    """--set key=value: net.X / data.X / method.X (an option of the network, dataset or method),
+    run.X / optimizer.X / process.X (a field of that section), a bare config field, or a bare method
+    option. A bare name that is both a field and an option of the method must say which it means."""
+    from ..config import PLACES, TrainConfig
     fields = config_fields()
     for item in sets or []:
         key, sep, value = item.partition("=")
@@ -45,9 +51,19 @@ def apply_sets(cfg_dict, sets):
             raise FewstepError(f"--set expects key=value, got {item!r}; e.g. --set solver=euler or --set net.width=256")
         value = parse_value(value)
         group, dot, name = key.partition(".")
-        if dot and group in ("net", "data", "method"):
-            cfg_dict[f"{group}_kwargs"] = {**cfg_dict.get(f"{group}_kwargs", {}), name: value}
+        if dot and group in ("net", "network", "data", "method"):
+            kwargs = {"network": "net"}.get(group, group) + "_kwargs"
+            cfg_dict[kwargs] = {**cfg_dict.get(kwargs, {}), name: value}
+        elif dot and group in SECTION_NAMES:
+            if PLACES.get(name, (None,))[0] != group:
+                valid = sorted(f for f, (s, _) in PLACES.items() if s == group)
+                raise FewstepError(f"--set {key}: section {group!r} has no field {name!r}; its fields are {valid}")
+            cfg_dict[name] = value
         elif key in fields:
+            method = cfg_dict.get("method")
+            if method and key in TrainConfig(method=method).method_defaults():
+                raise FewstepError(f"--set {key} is both a run field and an option of method {method!r}; "
+                                   f"write --set method.{key}=... or --set {PLACES[key][0]}.{key}=...")
             cfg_dict[key] = value
         else:
             cfg_dict["method_kwargs"] = {**cfg_dict.get("method_kwargs", {}), key: value}
@@ -112,12 +128,14 @@ def cmd_train(args):
     """A new run, or (--resume) the run in --out continued: its config.json is the base that flags change."""
     from ..checkpoint import read_json
     from ..runs import CONFIG
+    from ..config import TrainConfig, unsection
     cfg = {}
     stored = os.path.join(args.out, CONFIG)
     if args.resume and os.path.isfile(stored):
-        cfg = read_json(stored, "run config", kind=dict)
+        cfg = TrainConfig.from_dict(read_json(stored, "run config", kind=dict)).flat()
     if args.config:
-        cfg.update(read_json(args.config, "config file", kind=dict))
+        given = read_json(args.config, "config file", kind=dict)
+        cfg.update(unsection(given) if given and all(isinstance(v, dict) for v in given.values()) else given)
     cfg["method"] = args.method
     for name in ("teacher", "data", "net", "steps", "batch", "lr", "seed", "ema"):
         if getattr(args, name) is not None:
@@ -130,7 +148,7 @@ def cmd_train(args):
 def cmd_resume(args):
     """Continue a run from its folder alone; --steps N trains it to step N (default: the steps it was given)."""
     from ..runs import CHECKPOINT, load_config
-    cfg = load_config(args.run).to_dict()
+    cfg = load_config(args.run).flat()
     if not os.path.isfile(os.path.join(args.run, CHECKPOINT)):
         raise FewstepError(f"{args.run} has no checkpoint to resume (it stopped before its first one); start it "
                            f"again with fewstep train {cfg['method']} --out {args.run} --resume")
