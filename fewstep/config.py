@@ -86,7 +86,7 @@ class TrainConfig:
     def from_dict(cls, d):
         """A config from its sections (config.json) or from flat fields (Python, and runs written before
         sections: they load unchanged)."""
-        if d and all(k in SECTIONS and isinstance(v, dict) for k, v in d.items()):     # flat "method" is a string
+        if is_sectioned(d):
             d = unsection(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -215,6 +215,11 @@ PLACES = {
     **{f: ("run", f) for f in ("steps", "batch", "ema", "seed", "streams", "device", "bf16", "log_every", "ckpt_every")},
 }
 FIELD_OF = {place: name for name, place in PLACES.items()}
+
+
+def is_sectioned(d):
+    """Whether a config dict is in sections (a flat one's "method", "data", "optimizer" are strings)."""
+    return bool(d) and all(k in SECTIONS and isinstance(v, dict) for k, v in d.items())
 
 
 def unsection(sections):

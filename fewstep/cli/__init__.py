@@ -128,14 +128,14 @@ def cmd_train(args):
     """A new run, or (--resume) the run in --out continued: its config.json is the base that flags change."""
     from ..checkpoint import read_json
     from ..runs import CONFIG
-    from ..config import TrainConfig, unsection
+    from ..config import TrainConfig, is_sectioned, unsection
     cfg = {}
     stored = os.path.join(args.out, CONFIG)
     if args.resume and os.path.isfile(stored):
         cfg = TrainConfig.from_dict(read_json(stored, "run config", kind=dict)).flat()
     if args.config:
         given = read_json(args.config, "config file", kind=dict)
-        cfg.update(unsection(given) if given and all(isinstance(v, dict) for v in given.values()) else given)
+        cfg.update(unsection(given) if is_sectioned(given) else given)
     cfg["method"] = args.method
     for name in ("teacher", "data", "net", "steps", "batch", "lr", "seed", "ema"):
         if getattr(args, name) is not None:
