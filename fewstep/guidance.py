@@ -7,13 +7,12 @@ eps-space formulas carry over to D linearly.
 
 import torch
 
+from .conditions import ClassLabel
+
 
 def drop_labels(labels, p, null_label, generator=None):
     """Classifier-free guidance training: replace each label by the null label with probability p."""
-    if p <= 0:
-        return labels
-    drop = torch.rand(labels.shape, generator=generator) < p
-    return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
+    return ClassLabel(null_label).drop(labels, p, generator)
 
 
 class _Guided(torch.nn.Module):
@@ -35,20 +34,23 @@ class _Guided(torch.nn.Module):
 
 
 class ClassifierFreeGuidance(_Guided):
-    """eps_bar = (w + 1) eps(x, t, y) - w eps(x, t, null) (seed 002), i.e. D_bar = (w + 1) D_c - w D_u.
-    w = 0 is the conditional model; `null_label` is the label the network was trained with for "no class"."""
+    """eps_bar = (w + 1) eps(x, t, c) - w eps(x, t, null) (seed 002), i.e. D_bar = (w + 1) D_c - w D_u, for
+    any conditions that have a null value (fewstep.conditions). w = 0 is the conditional model. The
+    default guides the class label, whose null is `null_label` (the label trained for "no class")."""
 
-    def __init__(self, D, w, null_label):
+    def __init__(self, D, w, null_label=None, conditions=None):
         super().__init__()
-        self.D, self.w, self.null_label = D, float(w), null_label
+        self.D, self.w = D, float(w)
+        self.conditions = conditions if conditions is not None else [ClassLabel(null_label)]
 
-    def forward(self, x, sigma, class_labels=None, **cond):
-        if class_labels is None:
-            raise ValueError("classifier-free guidance needs class_labels; pass cond={'class_labels': y}")
-        D_c = self.D(x, sigma, class_labels=class_labels, **cond)
+    def forward(self, x, sigma, **cond):
+        for c in self.conditions:
+            if c.name not in cond or cond[c.name] is None:
+                raise ValueError(f"classifier-free guidance needs {c.name}; pass cond={{'{c.name}': y}}")
+        D_c = self.D(x, sigma, **cond)
         if self.w == 0:
             return D_c
-        D_u = self.D(x, sigma, class_labels=torch.full_like(class_labels, self.null_label), **cond)
+        D_u = self.D(x, sigma, **{**cond, **{c.name: c.null_like(cond[c.name]) for c in self.conditions}})
         return (self.w + 1) * D_c - self.w * D_u
 
 

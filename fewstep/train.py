@@ -161,9 +161,18 @@ def prepare_batch(state, batch, generator):
             raise FewstepError(f"dataset {state.cfg.data!r} has no class labels; drop --set cond=true")
         return batch.to(state.dist.device)
     if not state.cfg.cond:
-        return batch["x"].to(state.dist.device)
-    labels = drop_labels(batch["class_labels"], state.cfg.label_dropout, state.data.num_classes, generator)
-    return {**{k: v.to(state.dist.device) for k, v in batch.items()}, "class_labels": labels.to(state.dist.device)}
+        batch = {k: v for k, v in batch.items() if k != "class_labels"}
+        if set(batch) == {"x"}:
+            return batch["x"].to(state.dist.device)
+    else:
+        labels = drop_labels(batch["class_labels"], state.cfg.label_dropout, state.data.num_classes, generator)
+        batch = {**batch, "class_labels": labels}
+    return _to_device(batch, state.dist.device)
+
+
+def _to_device(value, device):
+    """A batch's tensors on the device, extras (a nested dict) included."""
+    return {k: _to_device(v, device) for k, v in value.items()} if isinstance(value, dict) else value.to(device)
 
 
 @contextlib.contextmanager

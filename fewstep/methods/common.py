@@ -12,11 +12,17 @@ def randn_like(x, generator=None):
 
 
 def split_batch(batch):
-    """A batch is a data tensor or a dict {"x": tensor, **cond}; returns (x, cond)."""
+    """A batch is a data tensor or a dict {"x": tensor, **cond, "extras": {...}}; returns (x, cond): the
+    network's conditions only. A method reads its extras (pairs, couplings) with batch_extras."""
     if isinstance(batch, dict):
-        cond = dict(batch)
-        return cond.pop("x"), cond
+        cond = {k: v for k, v in batch.items() if k not in ("x", "extras")}
+        return batch["x"], cond
     return batch, {}
+
+
+def batch_extras(batch):
+    """What the batch carries for the method alone ({} when nothing)."""
+    return batch.get("extras", {}) if isinstance(batch, dict) else {}
 
 
 class FeatureDistance:

@@ -42,3 +42,28 @@ class PositionalEmbedding(nn.Module):
         freqs = (1 / self.max_positions) ** (torch.arange(half, dtype=torch.float32, device=c.device) / half)
         x = (self.scale * c.float())[:, None] * freqs[None]
         return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+class ScalarEmbedding(nn.Module):
+    """A real-valued condition per sample (LCM's guidance scale w, CTM's s): Fourier features of the
+    value, then a linear layer; added to the noise embedding (seed 004's w-embedding)."""
+
+    def __init__(self, num_channels, scale=1.0, seed=1):
+        super().__init__()
+        self.fourier, self.linear = FourierEmbedding(num_channels, scale, seed), nn.Linear(num_channels, num_channels)
+
+    def forward(self, values):
+        return self.linear(self.fourier(values.reshape(-1)))
+
+
+def embed_scalars(embeddings, scalars, batch):
+    """The sum of the named scalar conditions' embeddings; one line for a missing or unknown condition
+    (a method's batch extras must never reach the network)."""
+    unknown = sorted(set(scalars) - set(embeddings))
+    if unknown:
+        raise ValueError(f"the network has no condition(s) {unknown}; it takes {sorted(embeddings) or 'none'} "
+                         "(add them with net.scalars, or keep method-only inputs in the batch's extras)")
+    missing = sorted(set(embeddings) - set(scalars))
+    if missing:
+        raise ValueError(f"the network needs the condition(s) {missing}; pass them with the batch or cond=")
+    return sum(embeddings[name](torch.as_tensor(v).expand(batch)) for name, v in scalars.items())

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .embeddings import FourierEmbedding, PositionalEmbedding, check_sizes
+from .embeddings import FourierEmbedding, PositionalEmbedding, ScalarEmbedding, check_sizes, embed_scalars
 
 SKIP_SCALE = 1 / math.sqrt(2)           # Residual rescale (seed 002): (x + h) / sqrt(2).
 
@@ -118,6 +118,7 @@ class UNet(nn.Module):
         emb_scale        = 1.0,         # Multiplier of c_noise (positional) or frequency std (fourier); see below.
         resample         = "biggan",    # Up/down sampling: "biggan" (inside residual blocks) or "conv" (DDPM).
         zero_init        = True,        # Zero-init the output conv and each residual branch's last layer.
+        scalars          = (),          # Names of real-valued conditions (fewstep.conditions.Scalar) it embeds.
     ):
         # emb_scale: EDM embeds c_noise = log(sigma)/4 positionally with scale 1 (the default); for VP's
         # c_noise = t/T use 1000 (DDPM). iCT's Fourier scale 0.02 on 250 log(sigma) is fourier 20 here.
@@ -146,6 +147,7 @@ class UNet(nn.Module):
         self.map_mlp = nn.Sequential(nn.Linear(model_channels, emb_channels), nn.SiLU(),
                                      nn.Linear(emb_channels, emb_channels))
         self.map_label = nn.Embedding(num_classes + 1, emb_channels) if num_classes else None
+        self.map_scalar = nn.ModuleDict({n: ScalarEmbedding(emb_channels) for n in scalars}) if scalars else None
 
         # Encoder.
         self.conv_in = nn.Conv2d(in_channels, model_channels * channel_mult[0], 3, padding=1)
@@ -187,17 +189,19 @@ class UNet(nn.Module):
             return ResBlock(channels, channels, up=up, down=down, **block)
         return Resample(channels, up=up, down=down)
 
-    def embed(self, c_noise, class_labels, batch):
-        """The embedding that drives every AdaGN: silu(MLP(embed(c_noise)) + label_embedding)."""
+    def embed(self, c_noise, class_labels, batch, scalars=None):
+        """The embedding that drives every AdaGN: silu(MLP(embed(c_noise)) + label and scalar embeddings)."""
         emb = self.map_mlp(self.map_noise(c_noise.reshape(-1).expand(batch)))
         if self.map_label is not None:
             if class_labels is None:
                 class_labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
             emb = emb + self.map_label(class_labels.reshape(batch))
+        if self.map_scalar is not None or scalars:
+            emb = emb + embed_scalars(self.map_scalar or {}, scalars or {}, batch)
         return F.silu(emb)
 
-    def forward(self, x, c_noise, class_labels=None):
-        emb = self.embed(torch.as_tensor(c_noise, device=x.device), class_labels, x.shape[0])
+    def forward(self, x, c_noise, class_labels=None, **scalars):
+        emb = self.embed(torch.as_tensor(c_noise, device=x.device), class_labels, x.shape[0], scalars)
         h = self.conv_in(x.reshape(x.shape[0], *self.img_shape))
         skips = [h]
         for block in self.enc.values():
