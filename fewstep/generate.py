@@ -9,7 +9,7 @@ import torch
 
 from .errors import FewstepError
 from .methods import METHODS
-from .sampling import SAMPLERS, consistency_taus, initial_noise, nfe, sample_consistency, vp_sigmas
+from .sampling import SAMPLERS, check_taus, consistency_taus, initial_noise, nfe, sample_consistency, vp_sigmas
 from .schedules import append_zero, karras_sigmas
 
 
@@ -43,12 +43,18 @@ def pick_sampler(cfg, sampler=None):
     return sampler
 
 
-def check_sampling(cfg, sampler=None, taus=None):
-    """The sampler to use (see pick_sampler); explicit time points are for consistency models only."""
+def check_sampling(cfg, sampler=None, taus=None, model=None):
+    """The sampler to use (see pick_sampler), before any output is written: explicit time points are for
+    consistency models only, and must be a valid Algorithm 1 list (checked when `model` is given)."""
     sampler = pick_sampler(cfg, sampler)
     if taus is not None and sampler != "consistency":
         raise FewstepError(f"--tau lists the time points of a consistency model; this {cfg.method!r} run samples "
                            "with --steps (and --sampler)")
+    if taus is not None and model is not None:
+        try:
+            noise_grid(model, cfg, len(taus), sampler, taus)
+        except ValueError as e:
+            raise FewstepError(str(e)) from None
     return sampler
 
 
@@ -89,6 +95,7 @@ def noise_grid(model, cfg, steps, sampler, taus=None, sigma_start=None):
         if taus.numel() and taus[0] > cfg.sigma_max:
             raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
                              f"start the --tau list at {cfg.sigma_max:g} or below")
+        check_taus(taus, cfg.sigma_min)
         return taus
     if is_vp(cfg) and sigma_start is None:
         return vp_sigmas(model.process, steps)
