@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 from .errors import FewstepError
 
 FORMAT = "fewstep-checkpoint-2"             # 2: optimizers by group name ("optim.GROUP."); 1 had one ("optim.")
+JSON_NAMES = {str: "string", int: "number", float: "number", bool: "true/false", type(None): "null",
+              list: "list", dict: "object"}
 TMP_PREFIX = ".tmp-"        # a write in progress; a killed write leaves one, removed when the run starts again
 
 
@@ -29,7 +31,8 @@ def make_dir(path, what="output folder"):
 
 def atomic_write(path, write):
     """Call write(tmp_path) and then atomically move the finished file to path. Any failure (a full or
-    read-only disk included) leaves the file at path as it was, and no temporary file behind."""
+    read-only disk included) leaves the file at path as it was and no temporary file behind, and is
+    raised as it came (an OSError), so the caller can say what was kept."""
     folder = os.path.dirname(os.path.abspath(path))
     make_dir(folder)
     tmp = None
@@ -40,9 +43,6 @@ def atomic_write(path, write):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        raise FewstepError(f"cannot write {path} ({e.strerror or e}); free space or choose a writable place "
-                           "(the previous file, if any, is unchanged)") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
@@ -74,7 +74,8 @@ def read_json(path, what="file", kind=None):
         raise FewstepError(f"cannot read {what} {path} ({e.strerror or e}); check the path") from None
     if kind is not None and not isinstance(value, kind):
         shape = "an object {...}" if kind is dict else "a list [...]"
-        raise FewstepError(f"{what} {path} holds a JSON {type(value).__name__}, not {shape}; fix or replace it")
+        found = JSON_NAMES.get(type(value), type(value).__name__)
+        raise FewstepError(f"{what} {path} holds a JSON {found}, not {shape}; fix or replace it")
     return value
 
 

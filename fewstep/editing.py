@@ -88,6 +88,8 @@ class SuperResolution:
         return F.interpolate(m, scale_factor=self.factor, mode="nearest")
 
 
+MAX_FRAMES = 256           # an interpolation strip is one picture; beyond this it is a video, not a strip
+
 def box_hole(shape, box):
     """A (H, W) hole from a pixel box (x0, y0, x1, y1): columns x0..x1-1, rows y0..y1-1."""
     H, W = shape
@@ -195,8 +197,8 @@ def interpolate(model, cfg, seeds, frames, steps, *, sampler=None, cond=None):
     seeds[0] and seeds[1] (seed 001, "interpolate between samples through latent space"). Frame 0 and
     the last frame are exactly what `generate` gives with those seeds; the later-step noise of a
     multistep sampler continues seeds[0]'s generator in every frame but the last."""
-    if frames < 2:
-        raise FewstepError(f"interpolation needs at least 2 frames, got {frames}; e.g. --frames 8")
+    if not 2 <= frames <= MAX_FRAMES:
+        raise FewstepError(f"interpolation takes 2 to {MAX_FRAMES} frames, got {frames}; e.g. --frames 8")
     sampler = pick_sampler(cfg, sampler)
     shape, device = (1, *_shape_of(model)), next(model.parameters()).device
     grid = noise_grid(model, cfg, steps, sampler)

@@ -18,6 +18,7 @@ from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .metrics.fd import extract_features, fd_from_features
 from .metrics.features import load_feature_net
 from .metrics.precision_recall import precision_recall
+from .checkpoint import make_dir
 from .outputs import check_outputs, output_dir
 from .plots import image_grid, line_plot
 from .runs import load_model
@@ -73,6 +74,8 @@ def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=Non
     check_evaluable(run, model, cfg, guidance, classifier)
     check_sampling(cfg, sampler)
     check_outputs(out, OUTPUTS, overwrite)
+    if out is not None:
+        make_dir(out)               # an unwritable --out fails now, not after sampling
     feature_net = load_feature_net()
     ref = reference_features(feature_net)
     out = output_dir(out, os.path.join(run, "eval"), OUTPUTS, overwrite)

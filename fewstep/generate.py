@@ -52,12 +52,18 @@ def pick_sampler(cfg, sampler=None):
     return sampler
 
 
-def check_sampling(cfg, sampler=None, taus=None):
-    """The sampler to use (see pick_sampler); explicit time points are for consistency models only."""
+def check_sampling(cfg, sampler=None, taus=None, model=None):
+    """The sampler to use (see pick_sampler), before any output is written: explicit time points are for
+    consistency models only, and must be a valid Algorithm 1 list (checked when `model` is given)."""
     sampler = pick_sampler(cfg, sampler)
     if taus is not None and sampler != "consistency":
         raise FewstepError(f"--tau lists the time points of a consistency model; this {cfg.method!r} run samples "
                            "with --steps (and --sampler)")
+    if taus is not None and model is not None:
+        try:
+            noise_grid(model, cfg, len(taus), sampler, taus)
+        except ValueError as e:
+            raise FewstepError(str(e)) from None
     return sampler
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .precond import ConsistencyPrecond
 from .processes import VE
-from .sampling import SAMPLERS, consistency_taus
+from .sampling import SAMPLERS, check_taus, consistency_taus
 
 
 class Denoiser:
@@ -62,6 +62,7 @@ class ConsistencyFunction:
         if taus.numel() and taus[0] > cfg.sigma_max:
             raise ValueError(f"the first tau {taus[0].item():g} is above the model's sigma_max = {cfg.sigma_max:g}; "
                              f"start the --tau list at {cfg.sigma_max:g} or below")
+        check_taus(taus, cfg.sigma_min)
         return taus
 
 

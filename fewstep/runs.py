@@ -70,6 +70,10 @@ def net_arguments(cfg, data):
         kwargs = {"dim": data.dim}
     if cfg.cond:
         kwargs["num_classes"] = data.num_classes
+    fixed = sorted((set(kwargs) | {"dim", "img_resolution", "in_channels", "num_classes"}) & set(cfg.net_kwargs))
+    if fixed:
+        raise FewstepError(f"net.{fixed[0]} comes from the data ({cfg.data}); remove --set net.{fixed[0]} "
+                           "(class labels: --set cond=true)")
     return {**kwargs, **cfg.net_kwargs}
 
 
@@ -87,7 +91,12 @@ def build_model(cfg, data=None):
     check_options(NETS[cfg.net], kwargs, f"network {cfg.net!r}", "net")
     try:
         net = make_unet(config, **kwargs) if config else make_net(cfg.net, **kwargs)
-    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or "alloc" in str(e).lower():
+            raise FewstepError(f"the {cfg.net!r} network with {json.dumps(cfg.net_kwargs)} does not fit in memory; "
+                               "make it smaller (net.width, net.depth or net.config)") from None
+        raise FewstepError(f"bad network options for {cfg.net!r} ({_first_line(e)}); fix the --set net.KEY values") from None
+    except (TypeError, ValueError, KeyError) as e:
         raise FewstepError(f"bad network options for {cfg.net!r} ({_first_line(e)}); fix the --set net.KEY values") from None
     method = METHODS[cfg.method]
     model = method.produces.wrap(net, cfg, method.make_process(cfg.method_arguments()))
@@ -96,6 +105,8 @@ def build_model(cfg, data=None):
 
 
 def load_config(run_dir):
+    if run_dir and os.path.isfile(run_dir):
+        raise FewstepError(f"{run_dir} is a file, not a run folder; pass the folder that fewstep train wrote")
     if not run_dir or not os.path.isdir(run_dir):
         raise FewstepError(f"run folder {run_dir!r} does not exist; train one first (fewstep train METHOD --out RUN)")
     return TrainConfig.from_dict(read_json(os.path.join(run_dir, CONFIG), "run config", kind=dict)).validate()
@@ -119,16 +130,21 @@ def read_metrics(run_dir):
     path = os.path.join(run_dir, METRICS)
     if not os.path.exists(path):
         return []
-    records = []
+    records, i = [], 0
+    if os.path.isdir(path):
+        raise FewstepError(f"{path} is a folder, not the training log; delete it (fewstep writes a new log)")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
                 if line.strip():
                     record = json.loads(line)
                     if not isinstance(record, dict) or not isinstance(record.get("k"), int):
                         raise ValueError("not a record with a step k")
                     records.append(record)
-    except (ValueError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise FewstepError(f"{path} line {i + 1} is not UTF-8 text; delete that line or the file (it is only "
+                           "the training log)") from None
+    except ValueError as e:
         raise FewstepError(f"{path} line {i} is not a metrics record ({_first_line(e)}); delete that line "
                            "or the file (it is only the training log)") from None
     except OSError as e:
@@ -173,6 +189,10 @@ def describe_run(run_dir):
              f"network    {cfg.net} {json.dumps(cfg.net_kwargs)}"]
     if os.path.isfile(path):
         tensors, meta = load_checkpoint(path)
+        try:
+            check_checkpoint_config(meta, cfg, path)
+        except FewstepError as e:
+            lines.append(f"WARNING    {e}")
         params = sum(v.numel() for k, v in tensors.items() if k.startswith("net."))
         lines.append(f"trained    {meta['k']} of {cfg.steps} steps; {params:,} network parameters; "
                      f"checkpoint {os.path.getsize(path) / 2 ** 20:.1f} MB")

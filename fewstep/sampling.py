@@ -234,7 +234,7 @@ def consistency_taus(n_steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO)
     return karras_sigmas(n_steps + 1, sigma_min, sigma_max, rho)[:-1]
 
 
-def _check_taus(taus, sigma_min):
+def check_taus(taus, sigma_min):
     taus = torch.as_tensor(taus, dtype=torch.float64).flatten().tolist()
     if not taus:
         raise ValueError("taus is empty; pass at least [T], e.g. consistency_taus(1)")
@@ -257,7 +257,7 @@ def sample_consistency(f, x, taus, *, sigma_min=SIGMA_MIN, cond=None, generator=
     x <- f(x_hat, tau_n). taus must be strictly decreasing in (sigma_min, T]. One step is f(x_T, T).
     With `project`, each f output (a clean estimate, level 0) is projected: seed 000's zero-shot
     editing (Song et al. 2023, Algorithm 4)."""
-    taus = _check_taus(taus, sigma_min)
+    taus = check_taus(taus, sigma_min)
     dtype, work = x.dtype, _work_dtype(x)
     generator = _generator(generator, x.device)
     x = _project(project, _denoise(f, x.to(work), taus[0], cond, dtype), 0.0)

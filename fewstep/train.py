@@ -371,6 +371,11 @@ def train(cfg, run_dir, resume=False, progress=True, teacher=None):
         state = build_state(cfg, teacher, dist_info)
         if ckpt_to_resume:
             restore(state, ckpt_to_resume)
+            if state.k > cfg.steps:
+                raise FewstepError(f"{run_dir} is already at step {state.k}, past --steps {cfg.steps}; pass --steps "
+                                   f"{state.k} or more (nothing was changed)")
+            if state.k == cfg.steps:
+                return state            # nothing to train: every file stays as it is
         distributed.on_main(lambda: _start_files(state, run_dir, ckpt_to_resume), dist_info)
         _run(state, run_dir, progress)
     except BaseException as e:

@@ -193,9 +193,9 @@ def cmd_sample(args):
     from ..runs import build_dataset, load_model
     from ..outputs import output_dir
     steps = parse_steps(args.steps)
-    taus = parse_taus(args.tau) if args.tau else None
+    taus = parse_taus(args.tau) if args.tau is not None else None
     model, cfg = load_model(args.run, args.which)
-    check_sampling(cfg, args.sampler, taus)
+    check_sampling(cfg, args.sampler, taus, model)
     out = output_dir(args.out, os.path.join(args.run, "samples"), ["metrics.json", "samples*.png", "steps*.pt"],
                      args.overwrite)         # after the checks: a command that cannot run leaves no folder
     if hasattr(getattr(model, "net", None), "img_shape"):       # the 2-D metrics below do not apply
@@ -252,7 +252,8 @@ def cmd_eval(args):
 
 
 def cmd_train_classifier(args):
-    from ..metrics.features import train_feature_classifier
+    from ..metrics.features import FMNIST_CLASSIFIER, train_feature_classifier
+    args.out = args.out or FMNIST_CLASSIFIER
     acc = train_feature_classifier(args.out, epochs=args.epochs, progress=not args.quiet)
     print(f"test accuracy {acc:.4f} -> {args.out}")
 
@@ -273,10 +274,11 @@ def cmd_demo(args):
     run_demo(args.out, fast=args.fast)
 
 
+TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise", "interpolate")     # fewstep edit's
+
+
 def build_parser():
-    from .edit import TASKS
-    from ..methods import METHODS
-    from ..metrics.features import FMNIST_CLASSIFIER
+    """The parser, built without importing torch (so --help and --version answer at once)."""
     p = Parser(prog="fewstep", description="Few-step generative modeling: consistency models and diffusion "
                "distillation. `fewstep COMMAND --help` describes each command.")
     p.add_argument("--version", action="version", version=f"fewstep {__version__}")
@@ -285,7 +287,8 @@ def build_parser():
     t = sub.add_parser("train", help="train a teacher (edm, ddpm) or a few-step model (cd, ct, ict, ...)",
                        description="Train a run into --out: config.json, checkpoint.safetensors, metrics.jsonl, "
                        "tensorboard/. `fewstep methods` lists each method's options and defaults.")
-    t.add_argument("method", help=f"one of: {', '.join(METHODS)}")
+    t.add_argument("method", help="the training method: edm, ddpm (teachers), cd, ct, ict, cd-continuous, "
+                   "ct-continuous, classifier; `fewstep methods` lists each with its options")
     t.add_argument("--out", required=True, type=folder, help="run folder to write (new or empty; with --resume, "
                    "the run to continue)")
     t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous)")
@@ -360,7 +363,7 @@ def build_parser():
 
     c = sub.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier used by eval",
                        description="Train the feature classifier whose features FD and precision/recall use.")
-    c.add_argument("--out", default=FMNIST_CLASSIFIER, type=folder)
+    c.add_argument("--out", type=folder, help="where to write it (default: the shipped fewstep/assets file)")
     c.add_argument("--epochs", type=positive_int, default=2)
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_train_classifier)

@@ -21,7 +21,6 @@ from ..plots import image_grid, save_image
 from ..runs import build_dataset, load_model
 
 INVERSE_STEPS = 8      # a CM re-imposes the observation after each of its steps: more steps, more coherent fills
-TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise", "interpolate")
 
 #----------------------------------------------------------------------------
 # Inputs.
@@ -51,13 +50,14 @@ def read_mask(path, size):
     return mask
 
 
-def parse_ints(text, n, flag):
+def parse_ints(text, n, flag, upper=2 ** 62):
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != n:
-        raise FewstepError(f"{flag} expects {n} integers separated by commas, got {text!r}")
+    if len(values) != n or not all(0 <= v < upper for v in values):
+        raise FewstepError(f"{flag} expects {n} integers in [0, {upper if upper < 2 ** 62 else '2**62'}) separated "
+                           f"by commas, got {text!r}")
     return values
 
 
@@ -136,6 +136,8 @@ def strokes_from(images, block=4, levels=4):
 
 def _cond(cfg, labels, n, args):
     if not cfg.cond:
+        if args.label is not None:
+            raise FewstepError("--label is for class-conditional runs; this run is unconditional: leave --label out")
         return None
     if labels is None:
         if args.label is None:
@@ -167,7 +169,7 @@ def run_edit(args):
     if shape is None:
         raise FewstepError(f"fewstep edit works on image runs; {args.run} was trained on flat {cfg.data!r} data")
     g = torch.Generator().manual_seed(args.seed)
-    k = args.samples or (1 if args.task == "denoise" else 3)      # denoising is deterministic
+    k = args.samples if args.samples is not None else (1 if args.task == "denoise" else 3)  # denoising is deterministic
     if k < 1:
         raise FewstepError(f"--samples must be at least 1, got {k}")
     if args.steps is not None and args.steps < 1:
