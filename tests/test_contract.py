@@ -126,3 +126,21 @@ def test_every_sampler_of_its_kind_samples_the_trained_run(name, teacher, pictur
     for sampler in kind.samplers:
         x, nfe = generate(model, cfg, 8, 2, sampler=sampler, generator=torch.Generator().manual_seed(0))
         assert x.shape == (8, 2) and torch.isfinite(x).all() and nfe >= 1, sampler
+
+
+def test_a_group_can_train_a_parameter_subset(teacher, pictures, monkeypatch):
+    # adapters (LCM-LoRA): only the parameters matching the group's glob move; the rest stay frozen
+    from fewstep.methods.base import Group
+    from fewstep.methods.diffusion import EDMLoss
+
+    class OutputLayerOnly(EDMLoss):
+        groups = {"net": Group(params="net.out.*")}
+
+    monkeypatch.setitem(METHODS, "edm-out", OutputLayerOnly)
+    state = build_state(config("edm-out", teacher, pictures, streams=1))
+    before = {k: v.clone() for k, v in state.net.state_dict().items()}
+    for _ in range(2):
+        update_group(state, "net")
+    moved = sorted(k for k, v in state.net.state_dict().items() if not torch.equal(v, before[k]))
+    assert moved == ["net.out.bias", "net.out.weight"]
+    assert len(state.params["net"]) == 2
