@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import textwrap
 from dataclasses import dataclass, field
 
@@ -117,8 +118,12 @@ class TrainConfig:
         included, so that extending --steps on resume keeps the schedule the run started with)."""
         batch = self.batch or DEFAULT_BATCH["images" if self.data in IMAGE_DATASETS else "flat"]
         net_kwargs = {"config": DEFAULT_UNET, **self.net_kwargs} if self.net == "unet" else self.net_kwargs
+        data_kwargs = dict(self.data_kwargs)
+        if isinstance(data_kwargs.get("root"), str):        # a run must load from any working directory
+            data_kwargs["root"] = os.path.abspath(os.path.expanduser(data_kwargs["root"]))
         method_kwargs = {**self.method_defaults(), **self.method_kwargs} if self.method in METHODS else self.method_kwargs
-        return dataclasses.replace(self, batch=batch, net_kwargs=net_kwargs, method_kwargs=method_kwargs)
+        return dataclasses.replace(self, batch=batch, net_kwargs=net_kwargs, data_kwargs=data_kwargs,
+                                   method_kwargs=method_kwargs)
 
     def check_types(self):
         """Each field holds its declared type (an int counts as a float, a bool as neither), so a bad

@@ -99,7 +99,9 @@ def run_bench(out="bench_out", budget=None, methods=("teacher", "cd", "ct", "ict
                              "train_sec_per_step": train_s, "peak_mem_mb": peak_memory_mb()})
                 image_grid(x[:100], os.path.join(out, f"{name}_{s}steps.png"), nrow=10)
                 print("[bench] " + _md_row(rows[-1]), flush=True)
-    _write(out, rows, budget, n, time.perf_counter() - t_start, write_docs)
+    command = " ".join(["fewstep bench --out", out, "--methods", ",".join(methods),
+                        "--budget", ",".join(f"{m}={budget[m]}" for m in methods), "--n", str(n)])
+    _write(out, rows, {m: budget[m] for m in methods}, n, time.perf_counter() - t_start, write_docs, command)
     return rows
 
 
@@ -115,13 +117,13 @@ def _md_row(r):
             f"{r['images_per_sec']:.0f} | {r['train_sec_per_step']:.3f} | {r['peak_mem_mb']:.0f} |")
 
 
-def _write(out, rows, budget, n, seconds, write_docs):
+def _write(out, rows, budget, n, seconds, write_docs, command):
     from ..plots import fd_vs_nfe_plot
     header = ["| model | steps | NFE | FD | precision | recall | sampling images/s | train s/step | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|---|"]
     table = "\n".join(header + [_md_row(r) for r in rows])
     machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
-    text = (f"Command: `fewstep bench --out {out}`; {time.strftime('%Y-%m-%d')}; {machine}; {torch.get_num_threads()} threads.\n"
+    text = (f"Command: `{command}`; {time.strftime('%Y-%m-%d')}; {machine}; {torch.get_num_threads()} threads.\n"
             f"Training steps: {budget} (batch 64, cpu-tiny U-Net); {n} samples per row against the 10000 test images; "
             f"whole run {seconds / 60:.0f} min.\n\n{table}\n")
     os.makedirs(out, exist_ok=True)

@@ -141,7 +141,8 @@ def _cond(cfg, labels, n, args):
         return None
     if labels is None:
         if args.label is None:
-            raise FewstepError("this run is class-conditional; pass --label K (or use --from-data for the images' labels)")
+            raise FewstepError("this run is class-conditional; pass --label K" + ("" if args.task == "interpolate"
+                               else " (or use --from-data for the images' labels)"))
         labels = torch.full((n,), args.label, dtype=torch.long)
     return {"class_labels": labels}
 
@@ -176,6 +177,9 @@ def run_edit(args):
         raise FewstepError(f"--steps must be at least 1, got {args.steps}")
     cm = pick_sampler(cfg, args.sampler) == "consistency"
     if args.task == "interpolate":
+        if args.input or args.from_data:
+            raise FewstepError("interpolate mixes two seeds' noise (--seeds) and takes no input images; leave out "
+                               "--input and --from-data" + (" and pass --label K" if cfg.cond else ""))
         strip, nfe = interpolate(model, cfg, parse_ints(args.seeds, 2, "--seeds"), args.frames,
                                  args.steps or (1 if cm else 18), sampler=args.sampler, cond=_cond(cfg, None, 1, args))
         return _write(args, [strip], [strip], nfe, ncol=args.frames)
