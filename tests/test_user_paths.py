@@ -93,6 +93,12 @@ def assert_png(path, size=None):
             assert image.size == size, (path, image.size)
 
 
+def read_config(run):
+    """A run's config.json (in sections) as the flat fields of TrainConfig."""
+    from fewstep.config import TrainConfig
+    return TrainConfig.from_dict(read_json(os.path.join(run, "config.json"))).flat()
+
+
 def read_json(path):
     assert os.path.getsize(path) > 0, path
     with open(path) as f:
@@ -207,7 +213,7 @@ def folder(request, tmp_path_factory):
 @needs_fmnist
 def test_fmnist_runs_and_info(fm):
     for run, method in ((fm.teacher, "edm"), (fm.cd, "cd")):
-        cfg = read_json(run / "config.json")
+        cfg = read_config(run)
         assert (cfg["method"], cfg["data"], cfg["net"], cfg["batch"], cfg["steps"]) == (method, "fashion-mnist", "unet", 8, 2)
         assert cfg["net_kwargs"]["config"] == "cpu-tiny"                     # the default U-Net size
         assert cfg["cond"] is fm.cond and cfg["label_dropout"] == (0.1 if fm.cond else 0.0)
@@ -217,7 +223,7 @@ def test_fmnist_runs_and_info(fm):
         info = ok(cli("info", run)).stdout
         assert "trained    2 of 2 steps" in info and f"method     {method}" in info
         assert ("class-conditional" in info) is fm.cond
-    assert read_json(fm.cd / "config.json")["teacher"] == str(fm.teacher)
+    assert read_config(fm.cd)["teacher"] == str(fm.teacher)
 
 
 @needs_fmnist
@@ -311,7 +317,7 @@ def test_fmnist_resume_and_info(fm, tmp_path):
     run = copy_run(fm.cd, tmp_path / "cd")
     r = ok(runner(fm)("resume", run, "--steps", 3, "--quiet"))
     assert "from step 2 to 3" in r.stdout, r.stdout
-    assert checkpoint_k(run) == 3 and read_json(run / "config.json")["steps"] == 3
+    assert checkpoint_k(run) == 3 and read_config(run)["steps"] == 3
     assert "trained    3 of 3 steps" in ok(cli("info", run)).stdout
     r = ok(cli("resume", run, "--quiet"))                                   # nothing left to do: says so
     assert "already trained to step 3" in r.stdout and checkpoint_k(run) == 3
@@ -324,7 +330,7 @@ def test_fmnist_resume_and_info(fm, tmp_path):
 def test_folder_train_sample_edit(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(folder.home))              # the in-process calls resolve ~ like the subprocesses
     C, run = folder.channels, runner(folder)
-    cfg = read_json(folder.cd / "config.json")
+    cfg = read_config(folder.cd)
     # the root is stored absolute, ~ expanded (against the HOME of training), so the run loads from anywhere
     assert cfg["data_kwargs"]["root"] == str(folder.home / "pictures") and cfg["cond"] is folder.cond
     info = ok(cli("info", folder.cd)).stdout
