@@ -186,7 +186,7 @@ def test_make_demo_fmnist(fm_out):
     fm = outputs(tmp_path)["FM_OUT"]
     check_bench(fm, {"teacher, Euler": [(4, 4), (8, 8), (16, 16)], "teacher, Heun": [(5, 9), (9, 17)],
                      "CD": [(1, 1), (2, 2), (4, 4)]})
-    assert json.load(open(os.path.join(fm, "cd", "config.json")))["cond"] is False      # the unconditional path
+    assert json.load(open(os.path.join(fm, "cd", "config.json")))["data"]["cond"] is False      # the unconditional path
 
 
 @pytest.mark.slow
