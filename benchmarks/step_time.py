@@ -1,8 +1,13 @@
 """Seconds per training step of CD and iCT on the cpu-tiny U-Net (Fashion-MNIST, batch 64) for the fewstep on
-PYTHONPATH; one JSON line per method (docs/BENCHMARKS.md, "Training step cost"). Not a test: a benchmark.
-fewstep on PYTHONPATH; prints one JSON line per method."""
-import json, os, sys, tempfile, time
+PYTHONPATH; one JSON line per method (docs/BENCHMARKS.md, "Training step cost"). Not a test: a benchmark."""
+
+import json
+import os
+import tempfile
+import time
+
 import torch
+
 from fewstep.config import TrainConfig
 from fewstep.train import build_state, train, train_step
 
