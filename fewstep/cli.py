@@ -430,11 +430,12 @@ def main(argv=None):
         print(f"fewstep: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
               f"(a bug: please report it with the traceback that {DEBUG}=1 prints)", file=sys.stderr)
         return _close(1)
-    return 0
+    return _close(0)
 
 
 def _close(code):
-    """gloo aborts at exit when its group is left open (torchrun): close it before returning."""
+    """gloo may abort a process at exit when its group is left open (torchrun), after success as after an
+    error: close it before returning."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
