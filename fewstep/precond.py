@@ -98,14 +98,3 @@ class ConsistencyPrecond(nn.Module):
         free = append_dims(edm_c_skip, x.ndim) * x + append_dims(edm_c_out, x.ndim) * F
         return torch.where(append_dims(sigma <= self.sigma_min, x.ndim), x, free)
 
-
-def make_precond(kind, net, *, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN, process=None, boundary="scalings"):
-    if kind == "edm":
-        return EDMPrecond(net, sigma_data)
-    if kind == "vp":
-        return VPPrecond(net, process)
-    if kind == "consistency":
-        return ConsistencyPrecond(net, sigma_data, sigma_min, boundary)
-    if kind == "none":                      # the raw network is the model (the guidance classifier)
-        return net
-    raise ValueError(f"unknown preconditioning {kind!r}; choose 'edm', 'vp', 'consistency' or 'none'")
