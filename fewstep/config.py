@@ -89,6 +89,8 @@ class TrainConfig:
         sections: they load unchanged)."""
         if is_sectioned(d):
             d = unsection(d)
+        elif {"method_kwargs", "sigma_data"} <= set(d) and "optimizer" not in d:
+            d = _from_release_1(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -220,6 +222,14 @@ PLACES = {
     **{f: ("run", f) for f in ("steps", "batch", "ema", "seed", "streams", "device", "bf16", "log_every", "ckpt_every")},
 }
 FIELD_OF = {place: name for name, place in PLACES.items()}
+
+
+def _from_release_1(d):
+    """A config.json written by fewstep 0.1 (flat, every field but the optimizer ones): its `--net unet`
+    without a size meant UNet's own defaults, which are named "base" now that cpu-tiny is the default."""
+    if d.get("net") == "unet" and "config" not in (d.get("net_kwargs") or {}):
+        d = {**d, "net_kwargs": {**d["net_kwargs"], "config": "base"}}
+    return d
 
 
 def is_sectioned(d):

@@ -196,3 +196,17 @@ def test_config_json_has_sections_and_a_flat_config_json_still_loads(tmp_path):
     sections["method"]["colour"] = "blue"
     with pytest.raises(FewstepError, match="unknown key 'colour' in config section 'method'"):
         TrainConfig.from_dict(sections)
+
+
+def test_a_unet_run_of_the_previous_release_keeps_its_network(tmp_path):
+    # fewstep 0.1 wrote flat config.json files, and `--net unet` without net.config meant UNet's defaults
+    from fewstep.runs import build_model
+    old = TrainConfig(method="edm", data="folder", net="unet", data_kwargs={"root": str(tmp_path), "resolution": 8},
+                      net_kwargs={"channel_mult": [1, 2]}, batch=8).flat()
+    del old["optimizer"], old["betas"], old["weight_decay"], old["lr_warmup"], old["lr_decay"]
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.net_kwargs == {"channel_mult": [1, 2], "config": "base"}
+    assert cfg.resolved().net_kwargs["config"] == "base"
+    from PIL import Image
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    assert build_model(cfg).net.enc["8x8_block0"].conv0.out_channels == 64      # UNet's default width, not cpu-tiny's 16

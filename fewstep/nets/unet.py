@@ -224,6 +224,7 @@ UNET_CONFIGS = {
     "cpu":      dict(model_channels=32, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(8, 7), num_heads=4),
     "gpu":      dict(model_channels=128, channel_mult=(1, 2, 2), num_blocks=3, attn_resolutions=(16, 14, 8, 7),
                      num_heads=4),
+    "base":     {},             # UNet's own defaults: what `--net unet` built before cpu-tiny became the default
 }
 
 
