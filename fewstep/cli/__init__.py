@@ -438,6 +438,9 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         print(f"fewstep: {e.args[0] if e.args else 'interrupted'}", file=sys.stderr)
         return _close(130)
+    except BrokenPipeError:         # the reader of our output went away (| head): nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _close(1)
     except OSError as e:            # a full, read-only or missing place that no command foresaw
         where = f" ({e.filename})" if e.filename else ""
         print(f"fewstep: error: {e.strerror or e}{where}; free space or choose a writable place", file=sys.stderr)
