@@ -11,22 +11,16 @@ the extras (noise/sample pairs, couplings) only to the method (methods.common.sp
 """
 
 import torch
-from torch import nn
-
-from .nets.embeddings import ScalarEmbedding
 
 
-class ClassLabel:
-    name = "class_labels"
-
-    def __init__(self, num_classes):
-        self.num_classes = num_classes
-        self.null = num_classes                 # the extra row of the embedding table
-
-    def embedding(self, width):
-        return nn.Embedding(self.num_classes + 1, width)
+class Condition:
+    """A named network input with a null value ("absent", for classifier-free guidance) and dropout to it.
+    The networks embed it (nets: num_classes for class labels, scalars for real values)."""
+    name, null = None, None
 
     def null_like(self, values):
+        if self.null is None:
+            raise ValueError(f"condition {self.name!r} has no null value, so it cannot be dropped or guided")
         return torch.full_like(values, self.null)
 
     def drop(self, values, p, generator=None):
@@ -37,17 +31,16 @@ class ClassLabel:
         return torch.where(drop.to(values.device), self.null_like(values), values)
 
 
-class Scalar(ClassLabel):
-    """A real-valued condition, embedded as Fourier features of the value (frequencies ~ N(0, scale^2))
-    followed by a linear layer; `null` is the value that stands for "absent" (None: it is always given)."""
+class ClassLabel(Condition):
+    """An integer class y in 0..num_classes-1; the null label is num_classes (the embedding's extra row)."""
+    name = "class_labels"
 
-    def __init__(self, name, null=None, scale=1.0):
-        self.name, self.null, self.scale = name, null, scale
+    def __init__(self, num_classes):
+        self.num_classes = self.null = num_classes
 
-    def embedding(self, width):
-        return ScalarEmbedding(width, self.scale)
 
-    def null_like(self, values):
-        if self.null is None:
-            raise ValueError(f"condition {self.name!r} has no null value, so it cannot be dropped or guided")
-        return torch.full_like(values, float(self.null))
+class Scalar(Condition):
+    """A real value per sample (LCM's guidance scale w, CTM's s); null=None when it is always given."""
+
+    def __init__(self, name, null=None):
+        self.name, self.null = name, (None if null is None else float(null))

@@ -58,7 +58,8 @@ class TrainConfig:
     betas:             list  = field(default_factory=lambda: [0.9, 0.999])   # The optimizer's betas.
     weight_decay:      float = 0.0          # Weight decay (decoupled for adamw).
     lr_warmup:         int   = 0            # Steps of linear learning-rate warm-up from lr / lr_warmup.
-    lr_decay:          str   = "none"       # "none" or "cosine" (to 0 at `steps`).
+    lr_decay:          str   = "none"       # "none" or "cosine" (to 0 at lr_decay_steps).
+    lr_decay_steps:    int   = None         # The cosine's length (None: --steps, fixed when the run starts).
     ema:               float = 0.999        # Rate of the EMA used for sampling (with a warm-up).
     seed:              int   = 0            # Seeds the network initialisation, the data and the noise.
     streams:           int   = 1            # Data/noise streams of the global batch; torchrun's world size must divide it.
@@ -84,13 +85,19 @@ class TrainConfig:
         return sections
 
     @classmethod
+    def from_run(cls, d):
+        """The config of a run folder or checkpoint: from_dict, plus the reading of files that fewstep 0.1
+        wrote (flat, with every field of that release and none of the optimizer's)."""
+        if not is_sectioned(d) and RELEASE_1_FIELDS <= set(d) and "optimizer" not in d:
+            d = _from_release_1(d)
+        return cls.from_dict(d)
+
+    @classmethod
     def from_dict(cls, d):
         """A config from its sections (config.json) or from flat fields (Python, and runs written before
         sections: they load unchanged)."""
         if is_sectioned(d):
             d = unsection(d)
-        elif {"method_kwargs", "sigma_data"} <= set(d) and "optimizer" not in d:
-            d = _from_release_1(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -125,7 +132,7 @@ class TrainConfig:
             data_kwargs["root"] = os.path.abspath(os.path.expanduser(data_kwargs["root"]))
         method_kwargs = {**self.method_defaults(), **self.method_kwargs} if self.method in METHODS else self.method_kwargs
         return dataclasses.replace(self, batch=batch, net_kwargs=net_kwargs, data_kwargs=data_kwargs,
-                                   method_kwargs=method_kwargs)
+                                   method_kwargs=method_kwargs, lr_decay_steps=self.lr_decay_steps or self.steps)
 
     def check_types(self):
         """Each field holds its declared type (an int counts as a float, a bool as neither), so a bad
@@ -187,6 +194,8 @@ class TrainConfig:
             raise FewstepError(f"betas must be two numbers in [0, 1), got {self.betas!r}; e.g. --set betas=[0.9,0.999]")
         if self.lr_decay not in LR_DECAYS:
             raise FewstepError(f"unknown lr_decay {self.lr_decay!r}; choose one of: {', '.join(LR_DECAYS)}")
+        if self.lr_decay_steps is not None and (not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 1):
+            raise FewstepError(f"lr_decay_steps must be a positive integer, got {self.lr_decay_steps!r}")
         if not isinstance(self.lr_warmup, int) or self.lr_warmup < 0:
             raise FewstepError(f"lr_warmup must be a number of steps >= 0, got {self.lr_warmup!r}")
         if not 0 <= self.weight_decay < 1:
@@ -194,6 +203,19 @@ class TrainConfig:
         if not 0 <= self.ema < 1:
             raise FewstepError(f"ema must be in [0, 1), got {self.ema}")
         params = inspect.signature(METHODS[self.method]).parameters
+        shared = sorted(set(self.method_kwargs) & set(SHARED))
+        if shared:
+            raise FewstepError(f"{shared[0]} is a run field shared by the loss and the preconditioning, not a method "
+                               f"option; set it with --set process.{shared[0]}=VALUE")
+        if "K" in self.method_kwargs and (not isinstance(self.method_kwargs["K"], int)
+                                          or isinstance(self.method_kwargs["K"], bool) or self.method_kwargs["K"] < 1):
+            raise FewstepError(f"method option K (the curriculum's length in steps) must be a positive integer, "
+                               f"got {self.method_kwargs['K']!r}")
+        scalars = self.net_kwargs.get("scalars") or []
+        missing = sorted(set(scalars) - set(METHODS[self.method].conditions))
+        if missing:
+            raise FewstepError(f"net.scalars {missing}: method {self.method!r} supplies no such condition (it supplies "
+                               f"{list(METHODS[self.method].conditions) or 'none'}); leave net.scalars out")
         bad = sorted(k for k in self.method_kwargs if k not in params or k == "teacher")
         if bad:
             valid = [p for p in params if p not in ("teacher", "feature_net")]
@@ -217,11 +239,17 @@ PLACES = {
     "label_dropout": ("data", "label_dropout"),
     "net": ("network", "name"), "net_kwargs": ("network", "options"),
     "optimizer": ("optimizer", "name"), **{f: ("optimizer", f) for f in ("lr", "betas", "weight_decay", "lr_warmup",
-                                                                         "lr_decay")},
+                                                                         "lr_decay", "lr_decay_steps")},
     **{f: ("process", f) for f in ("sigma_data", "sigma_min", "sigma_max", "rho", "boundary")},
     **{f: ("run", f) for f in ("steps", "batch", "ema", "seed", "streams", "device", "bf16", "log_every", "ckpt_every")},
 }
 FIELD_OF = {place: name for name, place in PLACES.items()}
+
+
+RELEASE_1_FIELDS = {"method", "method_kwargs", "teacher", "init_from_teacher", "data", "data_kwargs", "cond",
+                    "label_dropout", "teacher_guidance", "net", "net_kwargs", "sigma_data", "sigma_min", "sigma_max",
+                    "rho", "boundary", "steps", "batch", "lr", "ema", "seed", "streams", "device", "bf16",
+                    "log_every", "ckpt_every"}
 
 
 def _from_release_1(d):

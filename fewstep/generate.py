@@ -23,7 +23,7 @@ def run_process(model, cfg):
 
 
 def default_sampler(cfg):
-    return run_kind(cfg).default_sampler(METHODS[cfg.method].process)
+    return run_kind(cfg).default_sampler(METHODS[cfg.method].make_process(cfg.method_arguments()))
 
 
 def parse_steps(text):

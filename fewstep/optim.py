@@ -28,7 +28,8 @@ def lr_at(cfg, group, k):
     """The learning rate of step k (0-based): base * min(1, (k + 1) / warm-up) * decay(k)."""
     base = group.lr or cfg.lr
     warm = min(1.0, (k + 1) / cfg.lr_warmup) if cfg.lr_warmup else 1.0
-    decay = 0.5 * (1 + math.cos(math.pi * min(k, cfg.steps) / cfg.steps)) if cfg.lr_decay == "cosine" else 1.0
+    n = cfg.lr_decay_steps or cfg.steps         # resolved when the run starts, so a resume keeps the schedule
+    decay = 0.5 * (1 + math.cos(math.pi * min(k, n) / n)) if cfg.lr_decay == "cosine" else 1.0
     return base * warm * decay
 
 

@@ -109,14 +109,14 @@ def load_config(run_dir):
         raise FewstepError(f"{run_dir} is a file, not a run folder; pass the folder that fewstep train wrote")
     if not run_dir or not os.path.isdir(run_dir):
         raise FewstepError(f"run folder {run_dir!r} does not exist; train one first (fewstep train METHOD --out RUN)")
-    return TrainConfig.from_dict(read_json(os.path.join(run_dir, CONFIG), "run config", kind=dict)).validate()
+    return TrainConfig.from_run(read_json(os.path.join(run_dir, CONFIG), "run config", kind=dict)).validate()
 
 
 def check_checkpoint_config(meta, cfg, path):
     """A checkpoint must belong to the config it is loaded with (a copied-in checkpoint would otherwise
     sample a different model than config.json describes)."""
     try:
-        stored = TrainConfig.from_dict(meta["config"]).resolved()
+        stored = TrainConfig.from_run(meta["config"]).resolved()
     except (KeyError, TypeError, FewstepError):
         raise FewstepError(f"checkpoint {path} holds no readable config; it was not written by fewstep train") from None
     changed = changed_fields(stored, cfg.resolved())

@@ -122,7 +122,13 @@ def _load_teacher(cfg, net, dist_info):
     teacher = teacher.to(dist_info.device)
     check_teacher_shape(cfg, teacher, net)
     if cfg.init_from_teacher and isinstance(teacher.process, VE):      # same network inputs as the student
-        load_state(net.net, teacher.net.state_dict(), cfg.teacher, "student network (or pass --set init_from_teacher=false)")
+        try:
+            load_state(net.net, teacher.net.state_dict(), cfg.teacher)
+        except FewstepError:
+            raise FewstepError(f"the teacher {cfg.teacher} is a {teacher_cfg.net} {json.dumps(teacher_cfg.net_kwargs)} "
+                               f"and the student a {cfg.net} {json.dumps(cfg.net_kwargs)}: a student that starts from "
+                               "its teacher needs the same network; leave out the student's --set net.* options (it "
+                               "then takes the teacher's) or pass --set init_from_teacher=false") from None
     if cfg.teacher_guidance and not teacher_cfg.cond:
         raise FewstepError(f"teacher_guidance needs a class-conditional teacher; {cfg.teacher} was trained without cond=true")
     if cfg.teacher_guidance and not teacher_cfg.label_dropout:
@@ -313,6 +319,9 @@ def prepare_run_dir(cfg, run_dir, resume):
         old = load_config(run_dir).resolved()
         if "K" in old.method_kwargs and "K" not in cfg.method_kwargs:
             cfg = dataclasses.replace(cfg, method_kwargs={**cfg.method_kwargs, "K": old.method_kwargs["K"]})
+        cfg = dataclasses.replace(cfg, lr_decay_steps=cfg.lr_decay_steps or old.lr_decay_steps)
+    else:
+        cfg = _student_network(cfg)
     cfg = cfg.resolved().validate()
     if resuming:
         changed = changed_fields(old, cfg)
@@ -325,6 +334,16 @@ def prepare_run_dir(cfg, run_dir, resume):
         if name.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(run_dir, name)):
             os.remove(os.path.join(run_dir, name))
     return cfg, ckpt if resuming else None
+
+
+def _student_network(cfg):
+    """A student that starts from its teacher takes the teacher's network options unless it names its own
+    (so a teacher of any size, or of an earlier release, distills without repeating them)."""
+    path = os.path.join(cfg.teacher or "", CONFIG)
+    if not (cfg.teacher and cfg.init_from_teacher and not cfg.net_kwargs and os.path.isfile(path)):
+        return cfg
+    teacher = load_config(cfg.teacher)
+    return dataclasses.replace(cfg, net_kwargs=dict(teacher.net_kwargs)) if teacher.net == cfg.net else cfg
 
 
 def check_out_dir(run_dir):
@@ -395,18 +414,29 @@ def _saved(state):
 
 
 def _listing(run_dir):
-    """The names in run_dir before this call (None: it did not exist), so a failed new run removes only its own."""
-    return set(os.listdir(run_dir)) if run_dir and os.path.isdir(run_dir) else None
+    """(names in run_dir before this call or None when it did not exist, the highest folder of run_dir's path
+    that did not exist), so a failed new run removes only what it made."""
+    if not run_dir or os.path.isdir(run_dir):
+        return (set(os.listdir(run_dir)) if run_dir else None), None
+    top = os.path.abspath(run_dir)
+    while not os.path.exists(os.path.dirname(top)):
+        top = os.path.dirname(top)
+    return None, top
 
 
 def _remove_new_files(run_dir, existed):
     """Best effort: the error being reported matters more than a file that cannot be removed."""
+    existed, top = existed
     try:
         for name in set(os.listdir(run_dir)) - (existed or set()):
             path = os.path.join(run_dir, name)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-        if existed is None and not os.listdir(run_dir):
-            os.rmdir(run_dir)
+        folder = os.path.abspath(run_dir)
+        while top is not None and not os.listdir(folder):       # the folders this run created, innermost first
+            os.rmdir(folder)
+            if folder == top:
+                break
+            folder = os.path.dirname(folder)
     except (OSError, TypeError):
         pass
 
@@ -445,7 +475,9 @@ def _loop(state, run_dir, bar, writer, lines=False):
     while state.k < cfg.steps:
         losses.append(train_step(state))
         bar.update(1)
-        if (state.k % cfg.log_every == 0 or state.k == cfg.steps) and state.dist.main:
+        if (state.k % cfg.log_every == 0 or state.k == cfg.steps) and not state.dist.main:
+            losses, t0 = [], time.perf_counter()            # only rank 0 logs; the others keep nothing
+        elif state.k % cfg.log_every == 0 or state.k == cfg.steps:
             record = _log(state, run_dir, losses, time.perf_counter() - t0, bar, writer)
             tenth = lambda k: 10 * k // cfg.steps                                   # noqa: E731
             if lines and tenth(state.k) != tenth(state.k - len(losses)):           # about ten lines a run

@@ -203,10 +203,37 @@ def test_a_unet_run_of_the_previous_release_keeps_its_network(tmp_path):
     from fewstep.runs import build_model
     old = TrainConfig(method="edm", data="folder", net="unet", data_kwargs={"root": str(tmp_path), "resolution": 8},
                       net_kwargs={"channel_mult": [1, 2]}, batch=8).flat()
-    del old["optimizer"], old["betas"], old["weight_decay"], old["lr_warmup"], old["lr_decay"]
-    cfg = TrainConfig.from_dict(old)
+    for field in ("optimizer", "betas", "weight_decay", "lr_warmup", "lr_decay", "lr_decay_steps"):
+        del old[field]
+    cfg = TrainConfig.from_run(old)
+    assert TrainConfig.from_dict(old).net_kwargs == {"channel_mult": [1, 2]}      # Python dicts are taken as they are
     assert cfg.net_kwargs == {"channel_mult": [1, 2], "config": "base"}
     assert cfg.resolved().net_kwargs["config"] == "base"
     from PIL import Image
     Image.new("L", (8, 8)).save(tmp_path / "a.png")
     assert build_model(cfg).net.enc["8x8_block0"].conv0.out_channels == 64      # UNet's default width, not cpu-tiny's 16
+
+
+def test_a_cosine_schedule_resumes_exactly_and_keeps_its_length(tmp_path):
+    whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
+    cosine = dict(lr_decay="cosine", method_kwargs={"K": 8})
+    train(_cfg(steps=8, **cosine), whole, progress=False)
+    train(_cfg(steps=4, lr_decay_steps=8, **cosine), halves, progress=False)
+    train(_cfg(steps=8, **cosine), halves, resume=True, progress=False)
+    a, _ = load_checkpoint(os.path.join(whole, CHECKPOINT))
+    b, _ = load_checkpoint(os.path.join(halves, CHECKPOINT))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.load(open(os.path.join(halves, "config.json")))["optimizer"]["lr_decay_steps"] == 8
+
+
+def test_a_student_takes_its_teachers_network_and_a_failed_run_leaves_no_folders(tmp_path):
+    teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
+    train(TrainConfig(method="edm", steps=2, batch=16, net_kwargs={"width": 24, "depth": 1}), teacher, progress=False)
+    state = train(TrainConfig(method="cd", teacher=teacher, steps=2, batch=16), student, progress=False)
+    assert state.cfg.net_kwargs == {"width": 24, "depth": 1}
+    with pytest.raises(FewstepError, match="a student that starts from its teacher needs the same network"):
+        train(TrainConfig(method="cd", teacher=teacher, steps=2, batch=16, net_kwargs={"width": 8}),
+              str(tmp_path / "other"), progress=False)
+    with pytest.raises(FewstepError, match="width must be a positive integer"):
+        train(_cfg(net_kwargs={"width": -4}), str(tmp_path / "new" / "deeper" / "run"), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["student", "teacher"]

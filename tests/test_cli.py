@@ -52,7 +52,8 @@ def test_train_and_sample_end_to_end(runs, tmp_path):
     assert cfg["method"]["name"] == "cd" and cfg["method"]["options"]["N"] == 8
     assert sorted(cfg) == ["data", "method", "network", "optimizer", "process", "run"]
     assert cfg["run"]["batch"] == 64 and cfg["optimizer"] == {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999],
-                                                               "weight_decay": 0.0, "lr_warmup": 0, "lr_decay": "none"}
+                                                               "weight_decay": 0.0, "lr_warmup": 0, "lr_decay": "none",
+                                                               "lr_decay_steps": 40}
 
 
 def test_unknown_method(tmp_path):
@@ -163,3 +164,13 @@ def test_wrongly_typed_config_fields(tmp_path, setting, phrase):
 def test_bad_bench_arguments(tmp_path, args, phrase):
     assert_one_line_error(fewstep("bench", "--out", tmp_path / "b", *args), phrase)
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_set_accepts_config_json_section_keys(tmp_path):
+    r = fewstep("train", "edm", "--out", tmp_path / "x", *TINY, "--set", "data.cond=false", "--set", "optimizer.name=adamw",
+                "--set", "process.sigma_max=40", "--set", "network.name=mlp")
+    assert r.returncode == 0, r.stderr
+    cfg = json.load(open(tmp_path / "x" / "config.json"))
+    assert cfg["optimizer"]["name"] == "adamw" and cfg["process"]["sigma_max"] == 40 and cfg["data"]["cond"] is False
+    assert_one_line_error(fewstep("train", "edm", "--out", tmp_path / "y", "--set", "optimizer.colour=1"),
+                          "section 'optimizer' has no field 'colour'")

@@ -43,7 +43,8 @@ def apply_sets(cfg_dict, sets):
     """--set key=value: net.X / data.X / method.X (an option of the network, dataset or method),
     run.X / optimizer.X / process.X (a field of that section), a bare config field, or a bare method
     option. A bare name that is both a field and an option of the method must say which it means."""
-    from ..config import PLACES, TrainConfig
+    from ..config import FIELD_OF, PLACES, TrainConfig
+    from ..methods import METHODS
     fields = config_fields()
     for item in sets or []:
         key, sep, value = item.partition("=")
@@ -51,7 +52,9 @@ def apply_sets(cfg_dict, sets):
             raise FewstepError(f"--set expects key=value, got {item!r}; e.g. --set solver=euler or --set net.width=256")
         value = parse_value(value)
         group, dot, name = key.partition(".")
-        if dot and group in ("net", "network", "data", "method"):
+        if dot and (group, name) in FIELD_OF:                  # a key as config.json's sections spell it
+            cfg_dict[FIELD_OF[group, name]] = value
+        elif dot and group in ("net", "network", "data", "method"):
             kwargs = {"network": "net"}.get(group, group) + "_kwargs"
             cfg_dict[kwargs] = {**cfg_dict.get(kwargs, {}), name: value}
         elif dot and group in SECTION_NAMES:
@@ -61,7 +64,7 @@ def apply_sets(cfg_dict, sets):
             cfg_dict[name] = value
         elif key in fields:
             method = cfg_dict.get("method")
-            if method and key in TrainConfig(method=method).method_defaults():
+            if method in METHODS and key in TrainConfig(method=method).method_defaults():
                 raise FewstepError(f"--set {key} is both a run field and an option of method {method!r}; "
                                    f"write --set method.{key}=... or --set {PLACES[key][0]}.{key}=...")
             cfg_dict[key] = value
@@ -132,7 +135,7 @@ def cmd_train(args):
     cfg = {}
     stored = os.path.join(args.out, CONFIG)
     if args.resume and os.path.isfile(stored):
-        cfg = TrainConfig.from_dict(read_json(stored, "run config", kind=dict)).flat()
+        cfg = TrainConfig.from_run(read_json(stored, "run config", kind=dict)).flat()
     if args.config:
         given = read_json(args.config, "config file", kind=dict)
         cfg.update(unsection(given) if is_sectioned(given) else given)
@@ -294,11 +297,11 @@ def build_parser():
     t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous)")
     t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral, "
                    "fashion-mnist, fashion-mnist-rgb, folder (--set data.root=DIR)")
-    t.add_argument("--net", help="raw network: mlp (default) or unet (images; default size cpu-tiny, 0.5M "
-                   "parameters; --set net.config=cpu or gpu for larger)")
+    t.add_argument("--net", help="raw network: mlp (default) or unet (images; default size cpu-tiny, 0.34M "
+                   "parameters at 28 px; --set net.config=cpu or gpu for larger)")
     t.add_argument("--steps", type=positive_int, help="training steps (default 4000)")
     t.add_argument("--batch", type=positive_int, help="batch size (default 512 for 2-D data, 64 for images)")
-    t.add_argument("--lr", type=finite_float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--lr", type=finite_float, help="learning rate (default 1e-3; the optimizer: --set optimizer=adam|adamw|radam)")
     t.add_argument("--ema", type=finite_float, help="EMA rate of the sampling model (default 0.999)")
     t.add_argument("--seed", type=seed_int, help="seed (default 0)")
     t.add_argument("--config", help="a JSON file of config fields; flags override it")

@@ -38,6 +38,7 @@ class Method:
     process = VE                    # the noise process class; built from the method options it takes
     groups = {"net": Group()}
     sample_module = "net"           # the module whose sampling EMA ("ema") is the run's model
+    conditions = ()                 # names of the scalar conditions its batches supply (LCM: "w"; net.scalars)
 
     def emas(self):
         return {}
