@@ -7,6 +7,10 @@ kind instead of testing method or preconditioning names.
 | DENOISER    | D(x, sigma)     | the process's: EDMPrecond (VE), VPPrecond   | heun, euler, ddim,  | yes     |
 |             |                 |                                            | ddpm, langevin      |         |
 | CONSISTENCY | f(x, sigma)     | ConsistencyPrecond (boundary f(x, eps) = x) | consistency         | no      |
+| TRAJECTORY  | G(x, t, s)      | TrajectoryPrecond (net embeds s)           | as DENOISER, on     | yes     |
+|             |                 |                                            | g(x, t, t)          |         |
+| GENERATOR   | G(x_T) = D(x_T, T) | EDMPrecond, evaluated at T (and re-noised | consistency         | no      |
+|             |                 | levels for a few steps)                    | (Algorithm 1)       |         |
 | CLASSIFIER  | logits(x, sigma)| none: the raw network                      | none                | no      |
 
 The noise process (fewstep.processes: VE, VP discrete) is the other half: it owns the sampling grid
@@ -16,7 +20,7 @@ rectified-flow interpolation (the conversion is exact), so it needs no kind of i
 
 import torch
 
-from .precond import ConsistencyPrecond
+from .precond import ConsistencyPrecond, TrajectoryPrecond
 from .processes import VE
 from .sampling import SAMPLERS, check_taus, consistency_taus
 
@@ -66,6 +70,27 @@ class ConsistencyFunction:
         return taus
 
 
+class TrajectoryModel(Denoiser):
+    """G(x, t, s) jumping from time t to any s <= t (CTM, seed 003); as a denoiser g(x, t, t), so it samples
+    and teaches like one. Gamma-sampling comes with the CTM method."""
+    name = "trajectory"
+
+    def wrap(self, net, cfg, process):
+        model = TrajectoryPrecond(net, cfg.sigma_data, cfg.sigma_min)
+        model.process = VE()
+        return model
+
+
+class Generator(ConsistencyFunction):
+    """A one- or few-step generator x = G(x_T) (DMD, SDS, ADD, distilled flows; seed 003): EDM's
+    preconditioning with no boundary condition, so a student starts as its teacher's one-step denoiser;
+    sampled by Algorithm 1's loop (one step is G(x_T), more steps re-noise in between)."""
+    name = "generator"
+
+    def wrap(self, net, cfg, process):
+        return VE().denoiser(net, cfg.sigma_data)
+
+
 class NoiseClassifier:
     """logits(x, sigma): the noise-conditional classifier of classifier guidance (seed 002); not a generator."""
     name = "classifier"
@@ -77,4 +102,5 @@ class NoiseClassifier:
         return net
 
 
-DENOISER, CONSISTENCY, CLASSIFIER = Denoiser(), ConsistencyFunction(), NoiseClassifier()
+DENOISER, CONSISTENCY, TRAJECTORY, GENERATOR, CLASSIFIER = (Denoiser(), ConsistencyFunction(), TrajectoryModel(),
+                                                             Generator(), NoiseClassifier())

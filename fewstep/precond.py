@@ -98,3 +98,33 @@ class ConsistencyPrecond(nn.Module):
         free = append_dims(edm_c_skip, x.ndim) * x + append_dims(edm_c_out, x.ndim) * F
         return torch.where(append_dims(sigma <= self.sigma_min, x.ndim), x, free)
 
+
+
+class TrajectoryPrecond(nn.Module):
+    """A consistency trajectory model (CTM; seeds 003 and 004): G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s),
+    with g preconditioned like EDM's denoiser at t and the raw network conditioned on both times (its scalar
+    condition "s", embedded as c_noise(s) = ln(s) / 4). G(x, t, t) = x by construction; g(x, t, t) is a
+    denoiser, so a call without s returns it and every denoiser sampler fits; G(x, t, sigma_min) is a
+    consistency function ("time 0" in the seed's formulas is the boundary sigma_min here)."""
+
+    def __init__(self, net, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN):
+        super().__init__()
+        if "s" not in (getattr(net, "scalar_emb", None) or getattr(net, "map_scalar", None) or {}):
+            raise ValueError("a trajectory model's network must embed the second time s: build it with scalars=('s',)")
+        self.net, self.sigma_data, self.sigma_min = net, sigma_data, sigma_min
+
+    def g(self, x, t, s, **cond):
+        c_skip, c_out, c_in, c_noise = (append_dims(c, x.ndim) for c in edm_scalings(t, self.sigma_data))
+        return c_skip * x + c_out * self.net(c_in * x, c_noise.flatten(), s=s.log() / 4, **cond)
+
+    def forward(self, x, sigma, s=None, **cond):
+        t = as_sigma(sigma, x)
+        if s is None:
+            return self.g(x, t, t, **cond)
+        s = as_sigma(s, x)
+        ratio = append_dims(s / t, x.ndim)
+        return ratio * x + (1 - ratio) * self.g(x, t, s, **cond)
+
+    def consistency(self, x, sigma, **cond):
+        """f(x, t) = G(x, t, sigma_min)."""
+        return self(x, sigma, s=torch.full_like(as_sigma(sigma, x), self.sigma_min), **cond)
