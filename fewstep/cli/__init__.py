@@ -458,10 +458,13 @@ def main(argv=None):
 
 
 def _close(code):
-    """gloo may abort a process at exit when its group is left open (torchrun), after success as after an
-    error: close it before returning."""
+    """gloo may abort a process at exit ("terminate called without an active exception") when its group is
+    left open, or closed while another rank still talks to it: after a success every rank meets at a
+    barrier first (a failed command does not: its peer may be gone), then the group is closed."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        if code == 0:
+            dist.barrier()
         dist.destroy_process_group()
     return code
 
