@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .errors import FewstepError
 from .generate import noise_grid, pick_sampler, run_process, run_sampler
+from .nets import sample_shape
 
 LUMA = (0.299, 0.587, 0.114)            # ITU-R BT.601 luminance: gray = w . rgb
 
@@ -106,7 +107,7 @@ def box_hole(shape, box):
 
 
 def _shape_of(model):
-    return tuple(getattr(model.net, "img_shape", None) or (model.net.dim,))
+    return sample_shape(model.net)
 
 
 def _check_images(model, y, what="input"):

@@ -9,6 +9,7 @@ import torch
 
 from .errors import FewstepError
 from .methods import METHODS
+from .nets import sample_shape
 from .sampling import SAMPLERS, nfe, sample_consistency
 
 
@@ -75,7 +76,7 @@ def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, c
     if n < 1:
         raise FewstepError(f"the number of samples must be at least 1, got {n}")
     try:
-        shape = shape or getattr(model.net, "img_shape", None) or (model.net.dim,)
+        shape = shape or sample_shape(model.net)
         return _generate(model, cfg, (n, *shape), steps, sampler, taus, generator, cond)
     except ValueError as e:                         # impossible step lists and schedules, in one line
         raise FewstepError(str(e)) from None

@@ -21,12 +21,16 @@ def make_optimizer(params, cfg, group):
     """The run's optimizer over params, with the group's learning rate and betas where it sets them."""
     betas = tuple(group.betas or cfg.betas)
     kwargs = {"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}
-    return OPTIMIZERS[cfg.optimizer](params, lr=group.lr or cfg.lr, betas=betas, **kwargs)
+    return OPTIMIZERS[cfg.optimizer](params, lr=base_lr(cfg, group), betas=betas, **kwargs)
+
+
+def base_lr(cfg, group):
+    return group.lr or cfg.lr
 
 
 def lr_at(cfg, group, k):
     """The learning rate of step k (0-based): base * min(1, (k + 1) / warm-up) * decay(k)."""
-    base = group.lr or cfg.lr
+    base = base_lr(cfg, group)
     warm = min(1.0, (k + 1) / cfg.lr_warmup) if cfg.lr_warmup else 1.0
     n = cfg.lr_decay_steps or cfg.steps         # resolved when the run starts, so a resume keeps the schedule
     decay = 0.5 * (1 + math.cos(math.pi * min(k, n) / n)) if cfg.lr_decay == "cosine" else 1.0

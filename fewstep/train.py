@@ -30,6 +30,7 @@ from .errors import FewstepError, Interrupted
 from .generate import generate
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .methods import DISTILLATION, METHODS
+from .nets import sample_shape
 from .processes import VE
 from .runs import (CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, changed_fields, check_checkpoint_config,
                    load_config, load_teacher, read_metrics)
@@ -135,11 +136,6 @@ def _load_teacher(cfg, net, dist_info):
         raise FewstepError(f"teacher_guidance needs a teacher that learned the null label; {cfg.teacher} was trained "
                            "with label_dropout=0: retrain it with --set label_dropout=0.1")
     return teacher
-
-
-def sample_shape(net):
-    """The shape of one sample a raw network makes: (C, H, W) for images, (dim,) for flat data."""
-    return tuple(getattr(net, "img_shape", None) or (net.dim,))
 
 
 def check_teacher_shape(cfg, teacher, net):

@@ -376,7 +376,12 @@ def relative_root_run(tmp_path, monkeypatch):
 
 
 def test_folder_run_samples_from_another_directory(relative_root_run, tmp_path):
-    ok(cli("sample", relative_root_run, "--steps", 1, "--n", 2, "--out", tmp_path / "samples"))
+    # the relative data.root was stored as an absolute path, so the run loads from any working directory
+    assert read_config(relative_root_run)["data_kwargs"]["root"] == str(tmp_path / "work" / "pictures")
+    r = ok(cli("sample", relative_root_run, "--steps", 1, "--n", 2, "--out", tmp_path / "samples"))
+    assert "images/s" in r.stdout
+    assert_png(tmp_path / "samples" / "samples_1steps.png")
+    assert json.load(open(tmp_path / "samples" / "metrics.json"))[0]["nfe"] == 1
 
 
 #----------------------------------------------------------------------------

@@ -280,6 +280,17 @@ def cmd_demo(args):
 TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise", "interpolate")     # fewstep edit's
 
 
+def sampling_arguments(p, outputs, n):
+    """What `sample` and `eval` share: the run, step counts, sampler, sample count, seed and output folder."""
+    p.add_argument("run", help="run folder")
+    p.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
+    p.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm, langevin (teachers)")
+    p.add_argument("--n", type=positive_int, default=n, help=f"samples per step count (default {n})")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--out", help=f"output folder (default: a new RUN/{outputs}/NNN)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs already in --out")
+
+
 def build_parser():
     """The parser, built without importing torch (so --help and --version answer at once)."""
     p = Parser(prog="fewstep", description="Few-step generative modeling: consistency models and diffusion "
@@ -336,31 +347,19 @@ def build_parser():
                        description="Sample a run at each step count: a PNG grid, the samples (.pt) and metrics.json "
                        "(2-D runs: sliced W2 and the 1-step error to the true consistency function; image runs: "
                        "NFE and images/s). Writes a new folder RUN/samples/NNN unless --out is given.")
-    s.add_argument("run", help="run folder")
-    s.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
-    s.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm, langevin (teachers)")
+    sampling_arguments(s, "samples", n=2000)
     s.add_argument("--tau", help="consistency models: explicit time points T,tau_1,... (decreasing)")
-    s.add_argument("--n", type=positive_int, default=2000, help="number of samples (default 2000)")
-    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--which", default="ema", choices=["ema", "net", "target"], help="which weights (default ema)")
-    s.add_argument("--out", help="output folder (default: a new RUN/samples/NNN)")
-    s.add_argument("--overwrite", action="store_true", help="replace the outputs already in --out")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="image runs: FD, precision/recall and images/s against NFE",
                        description="Measure an image run at each step count: FD and precision/recall in the shipped "
                        "Fashion-MNIST classifier's features against the test split, images/s, grids and a FD-vs-NFE "
                        "plot. Writes a new folder RUN/eval/NNN unless --out is given.")
-    e.add_argument("run", help="run folder")
-    e.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
-    e.add_argument("--n", type=positive_int, default=10000, help="samples per step count (default 10000)")
-    e.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm (teachers)")
+    sampling_arguments(e, "eval", n=10000)
     e.add_argument("--guidance", type=finite_float, default=0.0, help="guidance scale w: classifier-free for "
                    "conditional runs, or classifier guidance with --classifier")
     e.add_argument("--classifier", help="run folder of a noise-conditional classifier (fewstep train classifier ...)")
-    e.add_argument("--seed", type=seed_int, default=0)
-    e.add_argument("--out", help="output folder (default: a new RUN/eval/NNN)")
-    e.add_argument("--overwrite", action="store_true", help="replace the outputs already in --out")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 

@@ -7,6 +7,11 @@ from .unet import UNet
 NETS = {"mlp": MLP, "unet": UNet, "classifier": Classifier}       # Network name (the config's `net`) -> class.
 
 
+def sample_shape(net):
+    """The shape of one sample a raw network makes: (C, H, W) for images, (dim,) for flat data."""
+    return tuple(getattr(net, "img_shape", None) or (net.dim,))
+
+
 def make_net(name="mlp", **kwargs):
     if name not in NETS:
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETS)}")
