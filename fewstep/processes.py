@@ -92,6 +92,60 @@ class VE:
         return initial_noise(shape, sigma, generator=generator, device=device)
 
 
+class RectifiedFlow(VE):
+    """The rectified-flow interpolation X_t = t X1 + (1 - t) X0, t in [0, 1], X1 ~ N(0, I) (seed 003; Liu et al.
+    2023), seen in VE coordinates: x = X_t / (1 - t) = X0 + sigma X1 with sigma = t / (1 - t). A velocity field
+    v(X_t, t) and a denoiser are then one model, v = (X_t - D(x, sigma)) / t, and Euler on the flow is Euler
+    (DDIM) in these coordinates, so every VE sampler runs on it unchanged. Its grid is uniform in t."""
+
+    name = "flow"
+    default_sampler = "euler"
+
+    def alpha(self, t):
+        return 1 - torch.as_tensor(t, dtype=torch.float64)
+
+    def sigma(self, t):
+        return torch.as_tensor(t, dtype=torch.float64)
+
+    def ve_sigma(self, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return t / (1 - t)
+
+    def t_of_ve_sigma(self, s):
+        s = torch.as_tensor(s, dtype=torch.float64)
+        return s / (1 + s)
+
+    def sampling_grid(self, steps, sigma_min, sigma_max, rho, sigma_start=None):
+        """`steps` Euler steps uniform in t from t(sigma_start or sigma_max) down to t = 0."""
+        if steps < 1:
+            raise ValueError(f"a rectified flow samples with steps >= 1, got {steps}")
+        t = torch.linspace(float(self.t_of_ve_sigma(sigma_start or sigma_max)), 0, steps + 1, dtype=torch.float64)
+        return self.ve_sigma(t)
+
+
+class HalvingGrid(VE):
+    """The noise grid of a progressive-distillation round (seed 002; Salimans & Ho 2022): every (N0/N)-th
+    level of the Karras grid of N0 steps, so the student's one step spans two of its teacher's. A run
+    samples with Euler (DDIM, in VE coordinates) on its own N steps, or on any divisor of N0."""
+
+    name = "halving"
+    default_sampler = "euler"
+
+    def __init__(self, N=32, N0=64):
+        self.N, self.N0 = int(N), int(N0)
+
+    def config(self):
+        return {"name": self.name, "N": self.N, "N0": self.N0}
+
+    def sampling_grid(self, steps, sigma_min, sigma_max, rho, sigma_start=None):
+        if sigma_start is not None:                 # editing starts mid-way: the Karras grid below sigma_start
+            return super().sampling_grid(steps, sigma_min, sigma_max, rho, sigma_start)
+        if steps < 1 or self.N0 % steps:
+            raise ValueError(f"a progressive-distillation run samples on its grid of {self.N} steps (or a divisor of "
+                             f"N0 = {self.N0}); got --steps {steps}")
+        return super().sampling_grid(self.N0, sigma_min, sigma_max, rho)[::self.N0 // steps]
+
+
 class VPDiscrete:
     """DDPM's discrete VP process: alpha_bar_t = prod_{i<=t} (1 - beta_i), t = 1..T (seed 002).
 
@@ -194,7 +248,7 @@ class VPContinuous:
         return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max}
 
 
-PROCESSES = {"ve": VE, "vp": VPContinuous, "vp-discrete": VPDiscrete}
+PROCESSES = {"ve": VE, "vp": VPContinuous, "vp-discrete": VPDiscrete, "flow": RectifiedFlow, "halving": HalvingGrid}
 
 
 def make_process(name="ve", **kwargs):

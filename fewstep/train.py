@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+import types
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -96,6 +97,9 @@ def build_state(cfg, teacher=None, dist_info=None):
         method = METHODS[cfg.method](**kwargs)
     except (TypeError, ValueError) as e:
         raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
+    method.prepare(types.SimpleNamespace(cfg=cfg, shape=sample_shape(net.net), device=dist_info.device, dist=dist_info,
+                                         num_classes=getattr(data, "num_classes", 0) if cfg.cond else 0,
+                                         pair_folder=_pair_folder(cfg, teacher)))
     modules = method.build(net, lambda: _placed(build_model(cfg, data), data, dist_info))
     emas = {name: (EMA(modules[src], rate), src) for name, (src, rate) in method.emas().items()}
     emas[SAMPLING_EMA] = (EMA(modules[method.sample_module], functools.partial(ema_warmup, cfg.ema)), method.sample_module)
@@ -107,6 +111,11 @@ def build_state(cfg, teacher=None, dist_info=None):
     generators = {r: torch.Generator().manual_seed(cfg.seed + 1 + r) for r in range(cfg.streams)}
     return TrainState(cfg=cfg, method=method, modules=modules, emas=emas, optimizers=optimizers, params=params,
                       data=data, generators=generators, dist=dist_info)
+
+
+def _pair_folder(cfg, teacher):
+    """Teacher pairs live beside the teacher run (TEACHER/pairs), so every student of it reuses them."""
+    return os.path.join(cfg.teacher, "pairs") if cfg.teacher and teacher is None else None
 
 
 def _placed(model, data, dist_info):

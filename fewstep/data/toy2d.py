@@ -84,11 +84,32 @@ def gaussian(dim=2, mean=0.0, std=0.5):
     return GaussianMixture(torch.full((1, dim), float(mean)), [std])
 
 
-def gmm_ring(k=8, radius=0.7, std=0.05):
-    """k equal modes on a circle; the defaults give each coordinate a standard deviation near 0.5."""
+def _check_weights(weights, k):
+    """ValueError (one line) unless weights is a list of k positive finite numbers (e.g. a JSON list)
+    whose float sum is finite too: GaussianMixture divides by it."""
+    try:
+        ok = (isinstance(weights, (list, tuple)) and len(weights) == k
+              and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf for w in weights)
+              and sum(float(w) for w in weights) < math.inf)
+    except OverflowError:                                                       # an int beyond float range
+        ok = False
+    if not ok:
+        raise ValueError(f"weights must be a list of k={k} positive finite numbers, got {weights!r}")
+
+
+def gmm_ring(k=8, radius=0.7, std=0.05, weights=None):
+    """k modes on a circle; the defaults give each coordinate a standard deviation near 0.5.
+
+    weights: None for equal modes, or a list of k positive numbers, the relative mode weights
+    (normalised to sum to 1), e.g. `--set data.weights=[1,2,3,4,5,6,7,8]`. Unequal modes show
+    whether a few-step sampler keeps each mode's mass, not only its support (`mode_stats`).
+    """
     _check(k=k, radius=radius, std=std)
+    if weights is not None:
+        _check_weights(weights, k)
+        weights = [float(w) for w in weights]
     angle = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
-    return GaussianMixture(torch.stack([angle.cos(), angle.sin()], 1) * radius, [std])
+    return GaussianMixture(torch.stack([angle.cos(), angle.sin()], 1) * radius, [std], weights)
 
 
 def gmm_grid(k=5, spacing=0.3, std=0.04):

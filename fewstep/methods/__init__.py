@@ -6,8 +6,12 @@ denoiser D(x, sigma, **cond). Registering a class here puts it under tests/test_
 
 from .consistency import (ConsistencyDistillation, ConsistencyTraining, ContinuousCD, ContinuousCT,
                           ImprovedConsistencyTraining)
+from .adversarial import AdversarialDistillation
 from .classifier import NoisyClassifierLoss
 from .diffusion import DDPMLoss, EDMLoss
+from .distill import KnowledgeDistillation, ProgressiveDistillation
+from .flow import RectifiedFlow, Reflow
+from .matching import DistributionMatching, ScoreDistillation
 
 METHODS = {
     "edm": EDMLoss,                       # diffusion teacher, VE (EDM)
@@ -17,6 +21,13 @@ METHODS = {
     "ict": ImprovedConsistencyTraining,   # improved CT, seed 004
     "cd-continuous": ContinuousCD,        # continuous-time CD, seed 000
     "ct-continuous": ContinuousCT,        # continuous-time CT, seed 000
+    "kd": KnowledgeDistillation,          # naive knowledge distillation, seed 003
+    "pd": ProgressiveDistillation,        # progressive distillation, seeds 002 and 003
+    "rf": RectifiedFlow,                  # 1-rectified flow from (data, noise), seed 003
+    "reflow": Reflow,                     # rectified flow of a teacher's or a flow's own coupling, seed 003
+    "dmd": DistributionMatching,          # distribution matching distillation (DMD, DMD2), seed 003
+    "sds": ScoreDistillation,             # score distillation sampling and the sample-based estimator, seed 003
+    "add": AdversarialDistillation,       # adversarial diffusion distillation, seed 003
     "classifier": NoisyClassifierLoss,    # noise-conditional classifier for classifier guidance, seed 002
 }
-DISTILLATION = {"cd", "cd-continuous"}    # methods that need --teacher
+DISTILLATION = {"cd", "cd-continuous", "kd", "pd", "reflow", "dmd", "sds", "add"}    # methods that need --teacher

@@ -1,7 +1,7 @@
 """The method protocol: what a training method declares and the one training loop (train.py) runs.
 
 A method is a small class. It declares
-  produces    the kind of model the run makes (fewstep.kinds: DENOISER, CONSISTENCY, CLASSIFIER);
+  produces    the kind of model the run makes (fewstep.kinds: DENOISER, CONSISTENCY, GENERATOR, ...);
   groups      name -> Group: the modules one optimizer updates, its learning rate and betas, how many
               updates it gets per training step and which of their parameters it trains;
   emas()      name -> (module, rate): the EMA copies the loop keeps (rate a float or a schedule mu(k));
@@ -9,7 +9,8 @@ and computes
   loss(group, nets, batch, *, k, generator)   the loss of one group, with nets holding every trainable
               module and EMA copy by name. The loop draws a fresh batch for each update, so a group
               updated several times per step (DMD2's fake score) sees new samples each time.
-Frozen networks (a teacher) are plain attributes; non-trainable state that must survive a resume goes
+Frozen networks (a teacher) are plain attributes; what must exist before the first step (teacher pairs)
+is made in prepare(run); non-trainable state that must survive a resume goes
 through state_dict() / load_state_dict().
 
 A single-network method needs none of this: it writes `__call__(net, batch, *, target, k, generator)`
@@ -56,6 +57,11 @@ class Method:
 
     def loss(self, group, nets, batch, *, k, generator):
         return self(nets["net"], batch, target=nets.get("target"), k=k, generator=generator)
+
+    def prepare(self, run):
+        """Make what training needs before its first step (a distillation's teacher pairs). `run` holds the
+        run's cfg, one sample's shape, num_classes (0: unconditional), device, dist and pair_folder (where
+        teacher pairs are cached; None when the teacher was passed in Python)."""
 
     def state_dict(self):
         return {}

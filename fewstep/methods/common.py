@@ -54,3 +54,24 @@ def make_distance(name, feature_net=None, c=None):
 
 def _pseudo_huber(diff, c):
     return (diff.square().flatten(1).sum(1) + c ** 2).sqrt() - c
+
+
+#----------------------------------------------------------------------------
+# The adversarial terms of ADD and DMD2 (seed 003): hinge losses and the R1 penalty.
+
+
+def hinge_d_loss(disc, real, fake, cond, r1=0.0):
+    """The discriminator's hinge loss E[relu(1 - D(real))] + E[relu(1 + D(fake))], plus the R1 penalty
+    (r1 / 2) E ||grad_x D(real)||^2 that keeps it smooth on the data (Mescheder et al. 2018)."""
+    real = real.detach().requires_grad_(r1 > 0)
+    d_real = disc(real, **cond)
+    loss = (1 - d_real).relu().mean() + (1 + disc(fake.detach(), **cond)).relu().mean()
+    if r1 > 0:
+        grad, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+        loss = loss + r1 / 2 * grad.square().flatten(1).sum(1).mean()
+    return loss
+
+
+def hinge_g_loss(disc, fake, cond):
+    """The generator's hinge loss -E[D(fake)]."""
+    return -disc(fake, **cond).mean()

@@ -8,6 +8,9 @@
 - `true_consistency_function`, `consistency_error`: how far a learned one-step map f(x, t) is from
   the consistency function of the PF-ODE of the data (seed 000, Definition of f), using the
   closed-form oracles of `fewstep.data.toy2d.GaussianMixture`.
+- `mode_stats`: which modes of a Gaussian mixture the samples reach and with what mass (modes hit,
+  total-variation error of the mode weights, share off every mode): the 2-D mixture measure of the
+  distillation issue, for seed 003's claims about mode collapse.
 
 All arithmetic is float64; every random draw comes from a `generator`, and when none is given a
 fixed-seed one, so each metric is a deterministic function of its inputs.
@@ -175,6 +178,52 @@ def consistency_error(f_model, data, n=4096, t=80.0, sigma_min=SIGMA_MIN, genera
     pred = torch.as_tensor(f_model(x_t, sigma)).double().reshape(n, -1)
     ref = _reference_consistency(data, x_t, t, sigma_min, reference_steps).reshape(n, -1)
     return math.sqrt((pred - ref).square().sum(1).mean().item())
+
+
+#----------------------------------------------------------------------------
+# Mode coverage and mode weights on a Gaussian mixture (seed 003: does distillation collapse modes?).
+
+
+def _nearest_mode(x, mixture, radius):
+    """Index of the nearest mean per sample, or -1 where that mean is farther than radius * s_k."""
+    # exact differences, not the |x|^2 + |mu|^2 - 2 x.mu expansion: a point at mu_k is at distance 0
+    d = torch.cdist(x, mixture.means, compute_mode="donot_use_mm_for_euclid_dist")   # (n, K) float64
+    dist, k = d.min(dim=1)
+    return torch.where(dist <= radius * mixture.stds[k], k, -1), d
+
+
+def mode_stats(samples, mixture, radius=3.0, min_share=0.01):
+    """Mode coverage of `samples` (n, d) against a `GaussianMixture` (means mu_k, stds s_k, weights pi_k).
+
+    The 2-D mixture measure of the distillation issue: it tests seed 003's claims that a one- or
+    few-step sampler may drop modes (mode collapse) or misweight them, which a sample distance such
+    as `sample_distance` mixes with the shape error inside each mode. Returns a dict of floats:
+
+    - "modes_hit": the fraction of modes k hit, i.e. with at least `min_share` of ALL n samples within
+      `radius` standard deviations of mu_k (Euclidean |x - mu_k| <= radius * s_k), so a few strays
+      do not count as covering a mode;
+    - "weight_tv": 0.5 * sum_k |p_hat_k - pi_k|, where a sample is assigned to its nearest mean if it
+      lies within radius * s_k of it, and p_hat_k is mode k's share of the assigned samples; 1.0 (the
+      largest value) when no sample is assigned;
+    - "off_mode": the fraction of samples assigned to no mode (excluded from weight_tv).
+
+    All in float64, vectorised over samples: memory O(n K).
+    """
+    x, (K, dim) = torch.as_tensor(samples), mixture.means.shape
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != dim:
+        raise ValueError(f"samples must be (n >= 1, {dim}), got {tuple(x.shape)}")
+    if not (0 < radius < math.inf and 0 < min_share <= 1):
+        raise ValueError(f"need radius > 0 and 0 < min_share <= 1, got radius={radius!r}, min_share={min_share!r}")
+    x, n = _flat64(x), x.shape[0]
+    assigned, d = _nearest_mode(x, mixture, radius)
+    # a mode is hit by the samples near it, assigned elsewhere or not; compare shares, not count >=
+    # min_share * n, so the boundary is exact (1 / 100 >= 0.01)
+    share = (d <= radius * mixture.stds[None]).sum(0).double() / n               # (K,)
+    counts = torch.bincount(assigned[assigned >= 0], minlength=K).double()
+    total = counts.sum().item()
+    tv = 1.0 if total == 0 else 0.5 * (counts / total - mixture.weights).abs().sum().item()
+    return {"modes_hit": (share >= min_share).double().mean().item(), "weight_tv": tv,
+            "off_mode": (n - total) / n}
 
 
 def sample_distance(samples, data_or_reference, n=None, generator=None, n_projections=256):

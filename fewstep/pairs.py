@@ -1,0 +1,85 @@
+"""Teacher pairs (z, x0): unit noise z and the sample the teacher's PF-ODE takes it to, from
+x_T = prior_scale(T) z. They are the couplings that naive knowledge distillation regresses, that reflow
+rectifies and that DMD's regression loss keeps (seed 003). Making them is the expensive part, so they are
+made once, by a stated sampler and step count, and stored beside the teacher run as safetensors
+(TEACHER/pairs/NAME.safetensors, NAME naming the sampler, steps, count, seed and the teacher's weights);
+later runs with the same teacher and settings read them back.
+"""
+
+import hashlib
+import os
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+from . import distributed
+from .checkpoint import load_checkpoint, make_dir, save_checkpoint
+from .processes import VE
+from .sampling import SAMPLERS
+
+
+def fingerprint(model):
+    """A short hash of a model's weights: a teacher trained further makes new pairs, never stale ones."""
+    h = hashlib.sha1()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def pair_file(folder, teacher, n, sampler, steps, seed, guidance=0.0):
+    tag = f"-w{guidance:g}" if guidance else ""
+    return os.path.join(folder, f"{sampler}{steps}-n{n}-seed{seed}{tag}-{fingerprint(teacher)}.safetensors")
+
+
+@torch.no_grad()
+def make_pairs(teacher, shape, n, *, sampler, steps, sigma_min, sigma_max, rho, seed=0, num_classes=0,
+               batch=1024, device=None, progress=True):
+    """{"z": (n, *shape), "x0": (n, *shape)[, "class_labels": (n,)]}: n teacher samples by `sampler` over the
+    teacher process's grid of `steps` steps, from unit noise z (and uniform class labels when num_classes)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown pair sampler {sampler!r}; choose one of: {', '.join(sorted(SAMPLERS))}")
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, *shape), generator=g)
+    labels = torch.randint(num_classes, (n,), generator=g) if num_classes else None
+    process = getattr(teacher, "process", None) or VE()          # a plain function D(x, sigma) is a VE denoiser
+    grid = process.sampling_grid(steps, sigma_min, sigma_max, rho)
+    scale, device = process.prior_scale(grid[0]), device or torch.device("cpu")
+    x0 = torch.empty_like(z)
+    for i in tqdm(range(0, n, batch), disable=None if progress else True, desc=f"teacher pairs ({sampler}, {steps} steps)",
+                  leave=False):
+        cond = {"class_labels": labels[i:i + batch].to(device)} if labels is not None else None
+        x = (scale * z[i:i + batch]).to(device)
+        x0[i:i + batch] = SAMPLERS[sampler](teacher, x, grid, cond=cond, generator=g).cpu()
+    return {"z": z, "x0": x0, **({"class_labels": labels} if labels is not None else {})}
+
+
+def teacher_pairs(teacher, shape, n, *, sampler, steps, folder=None, guidance=0.0, **kwargs):
+    """make_pairs, read from `folder` when they were made before and written there otherwise (atomically,
+    so a killed run leaves no half file). folder=None: made in memory only."""
+    path = pair_file(folder, teacher, n, sampler, steps, kwargs.get("seed", 0), guidance) if folder else None
+    if path and os.path.isfile(path):
+        pairs, _ = load_checkpoint(path)
+        if pairs["z"].shape == (n, *shape):
+            return pairs
+    if path:
+        print(f"making {n} teacher pairs ({sampler}, {steps} steps) -> {path}", file=sys.stderr, flush=True)
+    pairs = make_pairs(teacher, shape, n, sampler=sampler, steps=steps, **kwargs)
+    if path:
+        make_dir(folder, "pair folder")
+        save_checkpoint(path, pairs, {"n": n, "sampler": sampler, "steps": steps})
+    return pairs
+
+
+def run_pairs(teacher, run, n, sampler=None, steps=18):
+    """The pairs of a training run (`run`: see Method.prepare): made by rank 0 into the teacher's pairs
+    folder, then read by every rank; with no folder (a teacher given in Python) every rank makes the same."""
+    process = getattr(teacher, "process", None) or VE()
+    cfg = run.cfg
+    kwargs = dict(sampler=sampler or process.default_sampler, steps=steps, sigma_min=cfg.sigma_min,
+                  sigma_max=cfg.sigma_max, rho=cfg.rho, seed=cfg.seed, num_classes=run.num_classes,
+                  device=run.device, guidance=cfg.teacher_guidance, folder=run.pair_folder)
+    if run.pair_folder:
+        distributed.on_main(lambda: bool(teacher_pairs(teacher, run.shape, n, **kwargs)), run.dist)
+    return teacher_pairs(teacher, run.shape, n, **kwargs)
