@@ -53,16 +53,18 @@ def pick_sampler(cfg, sampler=None):
     return sampler
 
 
-def check_sampling(cfg, sampler=None, taus=None, model=None):
+def check_sampling(cfg, sampler=None, taus=None, model=None, steps=()):
     """The sampler to use (see pick_sampler), before any output is written: explicit time points are for
-    consistency models only, and must be a valid Algorithm 1 list (checked when `model` is given)."""
+    consistency models only, and they, or the grid of each step count, must be valid (checked when `model`
+    is given: a progressive-distillation run samples on divisors of its grid only)."""
     sampler = pick_sampler(cfg, sampler)
     if taus is not None and sampler != "consistency":
         raise FewstepError(f"--tau lists the time points of a consistency model; this {cfg.method!r} run samples "
                            "with --steps (and --sampler)")
-    if taus is not None and model is not None:
+    if model is not None:
         try:
-            noise_grid(model, cfg, len(taus), sampler, taus)
+            for s in ([len(taus)] if taus is not None else steps):
+                noise_grid(model, cfg, s, sampler, taus)
         except ValueError as e:
             raise FewstepError(str(e)) from None
     return sampler

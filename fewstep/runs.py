@@ -109,6 +109,9 @@ def load_config(run_dir):
         raise FewstepError(f"{run_dir} is a file, not a run folder; pass the folder that fewstep train wrote")
     if not run_dir or not os.path.isdir(run_dir):
         raise FewstepError(f"run folder {run_dir!r} does not exist; train one first (fewstep train METHOD --out RUN)")
+    if os.path.isfile(os.path.join(run_dir, "lineage.json")) and not os.path.isfile(os.path.join(run_dir, CONFIG)):
+        raise FewstepError(f"{run_dir} holds the rounds of progressive distillation, one run each; pass one of them, "
+                           f"e.g. {os.path.join(run_dir, 'steps-1')}")
     return TrainConfig.from_run(read_json(os.path.join(run_dir, CONFIG), "run config", kind=dict)).validate()
 
 

@@ -28,6 +28,8 @@ toy_methods.register()
 TINY = dict(steps=4, batch=16, streams=2, ckpt_every=2, log_every=1, net_kwargs={"width": 16, "depth": 1})
 SETUPS = {      # what a method needs beyond TINY on the 2-D mixture
     "ct": dict(method_kwargs={"s1": 4, "K": 4}), "ict": dict(method_kwargs={"s0": 2, "s1": 8, "K": 4}),
+    **{m: dict(method_kwargs={"pairs": 64, "pair_steps": 2}) for m in ("kd", "reflow", "dmd")},
+    "pd": dict(method_kwargs={"N": 2, "N0": 4}),
     "classifier": dict(data="folder", net="classifier", cond=True, data_kwargs={"resolution": 8},
                        net_kwargs={"channels": [8, 8], "feature_dim": 8}),
 }

@@ -167,7 +167,12 @@ def run_training(cfg_dict, out, resume, quiet):
     from ..train import train
     cfg = TrainConfig.from_dict(cfg_dict).validate()
     t0 = time.perf_counter()
-    state = train(cfg, out, resume=resume, progress=not quiet)
+    if cfg.method == "pd" and "N" not in cfg.method_kwargs:          # every round, N0/2 steps down to 1
+        from ..rounds import train_progressive
+        state = train_progressive(cfg, out, resume=resume, progress=not quiet)
+        out = os.path.join(out, "steps-1")
+    else:
+        state = train(cfg, out, resume=resume, progress=not quiet)
     if state.k == state.start_k:
         print(f"{out} is already trained to step {state.k} of {state.cfg.steps}; nothing to do "
               f"(train longer with: fewstep resume {out} --steps N)")
@@ -198,7 +203,7 @@ def cmd_sample(args):
     steps = parse_steps(args.steps)
     taus = parse_taus(args.tau) if args.tau is not None else None
     model, cfg = load_model(args.run, args.which)
-    check_sampling(cfg, args.sampler, taus, model)
+    check_sampling(cfg, args.sampler, taus, model, steps)
     out = output_dir(args.out, os.path.join(args.run, "samples"), ["metrics.json", "samples*.png", "steps*.pt"],
                      args.overwrite)         # after the checks: a command that cannot run leaves no folder
     if hasattr(getattr(model, "net", None), "img_shape"):       # the 2-D metrics below do not apply
@@ -298,14 +303,17 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"fewstep {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a teacher (edm, ddpm) or a few-step model (cd, ct, ict, ...)",
+    t = sub.add_parser("train", help="train a teacher (edm, ddpm) or a few-step model (cd, ct, ict, kd, pd, ...)",
                        description="Train a run into --out: config.json, checkpoint.safetensors, metrics.jsonl, "
                        "tensorboard/. `fewstep methods` lists each method's options and defaults.")
     t.add_argument("method", help="the training method: edm, ddpm (teachers), cd, ct, ict, cd-continuous, "
-                   "ct-continuous, classifier; `fewstep methods` lists each with its options")
+                   "ct-continuous (consistency), kd, pd, rf, reflow, dmd, sds, add (distillation), classifier; "
+                   "`fewstep methods` lists each with its options. pd without --set N runs every round into "
+                   "OUT/steps-N")
     t.add_argument("--out", required=True, type=folder, help="run folder to write (new or empty; with --resume, "
                    "the run to continue)")
-    t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous)")
+    t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous, kd, pd, reflow, dmd, "
+                   "sds, add; for reflow and kd also a rectified flow)")
     t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral, "
                    "fashion-mnist, fashion-mnist-rgb, folder (--set data.root=DIR)")
     t.add_argument("--net", help="raw network: mlp (default) or unet (images; default size cpu-tiny, 0.34M "
