@@ -28,6 +28,13 @@ def fingerprint(model):
     return h.hexdigest()[:10]
 
 
+def check_pair_options(pairs, pair_steps):
+    """One ValueError line for a pair count or step count that is not a positive integer."""
+    for name, v in (("pairs", pairs), ("pair_steps", pair_steps)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
 def pair_file(folder, teacher, n, sampler, steps, seed, guidance=0.0):
     tag = f"-w{guidance:g}" if guidance else ""
     return os.path.join(folder, f"{sampler}{steps}-n{n}-seed{seed}{tag}-{fingerprint(teacher)}.safetensors")
@@ -72,12 +79,16 @@ def teacher_pairs(teacher, shape, n, *, sampler, steps, folder=None, guidance=0.
     return pairs
 
 
-def run_pairs(teacher, run, n, sampler=None, steps=18):
+DEFAULT_STEPS = 18          # EDM's Heun: 35 NFE per pair
+
+
+def run_pairs(teacher, run, n, sampler=None, steps=None):
     """The pairs of a training run (`run`: see Method.prepare): made by rank 0 into the teacher's pairs
-    folder, then read by every rank; with no folder (a teacher given in Python) every rank makes the same."""
+    folder, then read by every rank; with no folder (a teacher given in Python) every rank makes the same.
+    sampler, steps: None for the teacher's own (its process's sampler; a PD round's N steps, else 18)."""
     process = getattr(teacher, "process", None) or VE()
     cfg = run.cfg
-    kwargs = dict(sampler=sampler or process.default_sampler, steps=steps, sigma_min=cfg.sigma_min,
+    kwargs = dict(sampler=sampler or process.default_sampler, steps=steps or getattr(process, "N", DEFAULT_STEPS), sigma_min=cfg.sigma_min,
                   sigma_max=cfg.sigma_max, rho=cfg.rho, seed=cfg.seed, num_classes=run.num_classes,
                   device=run.device, guidance=cfg.teacher_guidance, folder=run.pair_folder)
     if run.pair_folder:

@@ -142,7 +142,7 @@ class HalvingGrid(VE):
             return super().sampling_grid(steps, sigma_min, sigma_max, rho, sigma_start)
         if steps < 1 or self.N0 % steps:
             raise ValueError(f"a progressive-distillation run samples on its grid of {self.N} steps (or a divisor of "
-                             f"N0 = {self.N0}); got --steps {steps}")
+                             f"N0 = {self.N0}); got {steps} steps")
         return super().sampling_grid(self.N0, sigma_min, sigma_max, rho)[::self.N0 // steps]
 
 

@@ -28,7 +28,7 @@ from .checkpoint import (TMP_PREFIX, flatten, load_checkpoint, load_state, make_
 from .config import TrainConfig
 from .ema import EMA, ema_warmup
 from .errors import FewstepError, Interrupted
-from .generate import generate
+from .generate import generate, run_process
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .methods import DISTILLATION, METHODS
 from .nets import sample_shape
@@ -97,9 +97,12 @@ def build_state(cfg, teacher=None, dist_info=None):
         method = METHODS[cfg.method](**kwargs)
     except (TypeError, ValueError) as e:
         raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
-    method.prepare(types.SimpleNamespace(cfg=cfg, shape=sample_shape(net.net), device=dist_info.device, dist=dist_info,
-                                         num_classes=getattr(data, "num_classes", 0) if cfg.cond else 0,
-                                         pair_folder=_pair_folder(cfg, teacher)))
+    try:
+        method.prepare(types.SimpleNamespace(cfg=cfg, shape=sample_shape(net.net), device=dist_info.device, dist=dist_info,
+                                             num_classes=getattr(data, "num_classes", 0) if cfg.cond else 0,
+                                             pair_folder=_pair_folder(cfg, teacher)))
+    except (TypeError, ValueError) as e:
+        raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
     modules = method.build(net, lambda: _placed(build_model(cfg, data), data, dist_info))
     emas = {name: (EMA(modules[src], rate), src) for name, (src, rate) in method.emas().items()}
     emas[SAMPLING_EMA] = (EMA(modules[method.sample_module], functools.partial(ema_warmup, cfg.ema)), method.sample_module)
@@ -503,7 +506,7 @@ def _log_samples(state, writer, n=16):
     net = getattr(state.ema.module, "net", None)
     if not hasattr(net, "img_shape"):
         return
-    steps = state.method.produces.preview_steps
+    steps = getattr(run_process(state.ema.module, state.cfg), "N", None) or state.method.produces.preview_steps   # PD: its grid
     cond = {"class_labels": torch.arange(n, device=state.dist.device) % net.num_classes} if state.cfg.cond else None
     x, _ = generate(state.ema.module, state.cfg, n, steps, generator=torch.Generator().manual_seed(0), cond=cond)
     writer.add_images("samples", (x.float().clamp(-1, 1) + 1) / 2, state.k)

@@ -5,7 +5,7 @@ teacher's steps round by round (seeds 002 and 003)."""
 import torch
 
 from ..kinds import DENOISER, GENERATOR
-from ..pairs import run_pairs
+from ..pairs import check_pair_options, run_pairs
 from ..precond import append_dims
 from ..processes import VE, HalvingGrid
 from ..sampling import ode_step
@@ -34,8 +34,9 @@ class KnowledgeDistillation(Method):
 
     produces, process = GENERATOR, VE
 
-    def __init__(self, teacher, pairs=4096, pair_sampler=None, pair_steps=18, distance="l2", sigma_max=SIGMA_MAX,
+    def __init__(self, teacher, pairs=4096, pair_sampler=None, pair_steps=None, distance="l2", sigma_max=SIGMA_MAX,
                  c=None):
+        check_pair_options(pairs, pair_steps)
         self.teacher, self.n_pairs, self.pair_sampler, self.pair_steps = teacher, pairs, pair_sampler, pair_steps
         self.d, self.sigma_max = make_distance(distance, c=c), sigma_max
 

@@ -10,7 +10,7 @@ into one step is knowledge distillation from it: fewstep train kd --teacher FLOW
 import torch
 
 from ..kinds import DENOISER
-from ..pairs import run_pairs
+from ..pairs import check_pair_options, run_pairs
 from ..precond import append_dims
 from ..processes import RectifiedFlow as FlowProcess
 from ..schedules import SIGMA_MAX, SIGMA_MIN
@@ -47,8 +47,9 @@ class Reflow(RectifiedFlow):
     is the seed's recipe (couplings by the teacher's PF-ODE, the flow starting from its weights); with a
     k-rectified flow as the teacher it is reflow, giving the (k+1)-rectified flow."""
 
-    def __init__(self, teacher, pairs=4096, pair_sampler=None, pair_steps=18, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX):
+    def __init__(self, teacher, pairs=4096, pair_sampler=None, pair_steps=None, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX):
         super().__init__(sigma_min, sigma_max)
+        check_pair_options(pairs, pair_steps)
         self.teacher, self.n_pairs, self.pair_sampler, self.pair_steps = teacher, pairs, pair_sampler, pair_steps
 
     def prepare(self, run):

@@ -20,15 +20,16 @@ from .base import Group, Method
 from .common import make_distance, randn_like, split_batch
 from .diffusion import EDMLoss
 from .distill import one_step, pair_batch
-from ..pairs import run_pairs
+from ..pairs import check_pair_options, run_pairs
 
 
 def noise_levels(n, generator, t_min, t_max, sigma_min, sigma_max, rho):
-    """sigma at t ~ U[t_min, t_max] along the Karras ladder from sigma_max (t = 0) to sigma_min (t = 1):
-    DMD's t ~ U(T_min, T_max) of the 1000-step schedule, T_min = 0.02 T and T_max = 0.98 T."""
+    """sigma at t ~ U[t_min, t_max] along the Karras ladder from sigma_min (t = 0) to sigma_max (t = 1), larger
+    t more noise as in the paper: DMD's t ~ U(T_min, T_max) of its 1000-step schedule, T_min = 0.02 T and
+    T_max = 0.98 T."""
     t = t_min + (t_max - t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
-    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return (hi + t * (lo - hi)) ** rho
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (lo + t * (hi - lo)) ** rho
 
 
 def matching_loss(x, D_fake, D_real):
@@ -61,13 +62,14 @@ class DistributionMatching(Method):
     produces, process = GENERATOR, VE
     groups = {"net": Group(("net",)), "fake": Group(("fake",))}
 
-    def __init__(self, teacher, reg_weight=0.25, pairs=4096, pair_sampler=None, pair_steps=18, fake_updates=1,
+    def __init__(self, teacher, reg_weight=0.25, pairs=4096, pair_sampler=None, pair_steps=None, fake_updates=1,
                  fake_lr=None, gan_weight=0.0, r1=0.1, t_min=0.02, t_max=0.98, distance="l2",
                  sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, c=None):
         if not 0 <= t_min < t_max <= 1:
             raise ValueError(f"DMD needs 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
         if not (isinstance(fake_updates, int) and fake_updates >= 1):
             raise ValueError(f"fake_updates must be a positive integer, got {fake_updates!r}")
+        check_pair_options(pairs, pair_steps)
         self.teacher, self.reg_weight, self.n_pairs = teacher, reg_weight, pairs
         self.pair_sampler, self.pair_steps, self.gan_weight = pair_sampler, pair_steps, gan_weight
         self.levels = dict(t_min=t_min, t_max=t_max, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
@@ -135,4 +137,13 @@ class ScoreDistillation(DistributionMatching):
         return {"net": net}
 
     def fake_denoiser(self, nets, x_t, sigma, x, cond):
-        return x if self.estimator == "single" else sample_denoiser(x_t, sigma, x)
+        if self.estimator == "single":
+            return x
+        if "class_labels" not in cond:
+            return sample_denoiser(x_t, sigma, x)
+        D = torch.empty_like(x)                 # p_fake(x | c): pool only the samples of the same class
+        _, group = torch.unique(cond["class_labels"], dim=0, return_inverse=True)
+        for g in group.unique():
+            rows = group == g
+            D[rows] = sample_denoiser(x_t[rows], sigma[rows], x[rows])
+        return D
