@@ -28,8 +28,15 @@ def fingerprint(model):
     return h.hexdigest()[:10]
 
 
-def check_pair_options(pairs, pair_steps):
-    """One ValueError line for a pair count or step count that is not a positive integer."""
+ODE_SAMPLERS = ("heun", "euler", "ddim")       # deterministic: a pair is the PF-ODE's map of its noise
+
+
+def check_pair_options(pairs, pair_steps, pair_sampler=None):
+    """One ValueError line for a pair count or step count that is not a positive integer, or a sampler that
+    is not one of the deterministic ODE samplers."""
+    if pair_sampler is not None and pair_sampler not in ODE_SAMPLERS:
+        raise ValueError(f"unknown pair sampler {pair_sampler!r}: pairs come from the teacher's ODE; choose one of "
+                         f"{', '.join(ODE_SAMPLERS)}")
     for name, v in (("pairs", pairs), ("pair_steps", pair_steps)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -45,8 +52,7 @@ def make_pairs(teacher, shape, n, *, sampler, steps, sigma_min, sigma_max, rho, 
                batch=1024, device=None, progress=True):
     """{"z": (n, *shape), "x0": (n, *shape)[, "class_labels": (n,)]}: n teacher samples by `sampler` over the
     teacher process's grid of `steps` steps, from unit noise z (and uniform class labels when num_classes)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown pair sampler {sampler!r}; choose one of: {', '.join(sorted(SAMPLERS))}")
+    check_pair_options(n, steps, sampler)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *shape), generator=g)
     labels = torch.randint(num_classes, (n,), generator=g) if num_classes else None

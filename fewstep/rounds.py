@@ -37,13 +37,13 @@ def train_progressive(cfg, out, resume=False, progress=True):
         raise FewstepError("train_progressive runs every round itself; drop the method option N (or train one "
                            "round alone with --set N=...)")
     N0 = cfg.method_kwargs.get("N0", 64)
+    steps = round_steps(N0)
     if not cfg.teacher:
         raise FewstepError("method 'pd' distills a teacher; pass --teacher RUN (a run trained with: fewstep train edm --out RUN)")
     if os.path.isfile(os.path.join(out, "config.json")):
         raise FewstepError(f"{out} is a single run, not a folder of rounds; pass a new --out for all rounds")
     make_dir(out, "rounds folder")
     teacher, lineage, state = cfg.teacher, [], None
-    steps = round_steps(N0)
     for r, N in enumerate(steps, 1):
         run = os.path.join(out, f"steps-{N}")
         lineage.append({"round": r, "steps": N, "run": os.path.abspath(run), "teacher": teacher})

@@ -36,7 +36,7 @@ class KnowledgeDistillation(Method):
 
     def __init__(self, teacher, pairs=4096, pair_sampler=None, pair_steps=None, distance="l2", sigma_max=SIGMA_MAX,
                  c=None):
-        check_pair_options(pairs, pair_steps)
+        check_pair_options(pairs, pair_steps, pair_sampler)
         self.teacher, self.n_pairs, self.pair_sampler, self.pair_steps = teacher, pairs, pair_sampler, pair_steps
         self.d, self.sigma_max = make_distance(distance, c=c), sigma_max
 

@@ -49,7 +49,7 @@ class Reflow(RectifiedFlow):
 
     def __init__(self, teacher, pairs=4096, pair_sampler=None, pair_steps=None, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX):
         super().__init__(sigma_min, sigma_max)
-        check_pair_options(pairs, pair_steps)
+        check_pair_options(pairs, pair_steps, pair_sampler)
         self.teacher, self.n_pairs, self.pair_sampler, self.pair_steps = teacher, pairs, pair_sampler, pair_steps
 
     def prepare(self, run):

@@ -69,7 +69,7 @@ class DistributionMatching(Method):
             raise ValueError(f"DMD needs 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
         if not (isinstance(fake_updates, int) and fake_updates >= 1):
             raise ValueError(f"fake_updates must be a positive integer, got {fake_updates!r}")
-        check_pair_options(pairs, pair_steps)
+        check_pair_options(pairs, pair_steps, pair_sampler)
         self.teacher, self.reg_weight, self.n_pairs = teacher, reg_weight, pairs
         self.pair_sampler, self.pair_steps, self.gan_weight = pair_sampler, pair_steps, gan_weight
         self.levels = dict(t_min=t_min, t_max=t_max, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
