@@ -48,7 +48,7 @@ def plan(budget, pairs, pair_steps):
         "reflow2+kd": ("kd", "reflow2", {**pairs_kw, "pair_steps": 2 * pair_steps}, budget // 2, (1,)),
         "reflow3+kd": ("kd", "reflow3", {**pairs_kw, "pair_steps": 2 * pair_steps}, budget // 2, (1,)),
         "dmd": ("dmd", "teacher", pairs_kw, budget, (1,)),
-        "dmd, no regression": ("dmd", "teacher", {"reg_weight": 0.0}, budget, (1,)),
+        "dmd, no regression": ("dmd", "teacher", {"reg_weight": 0.0, "pair_steps": pair_steps}, budget, (1,)),
         "sds": ("sds", "teacher", {}, budget, (1,)),
         "sds, batch estimator": ("sds", "teacher", {"estimator": "batch"}, budget, (1,)),
         "add": ("add", "teacher", {}, budget, (1, 2, 4)),

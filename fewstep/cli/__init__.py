@@ -433,8 +433,49 @@ def build_parser():
     return p
 
 
+class _RepeatedInterrupt:
+    """Ctrl-C raises KeyboardInterrupt, and again every half second until fewstep handles it: a C extension
+    that is being imported when the signal lands (numpy under torch) can turn the first one into an ImportError
+    that its importer catches, and the command would run on as if nothing had happened."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self.active = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        _RepeatedInterrupt.fired = False
+        if self.active:
+            self.saved = signal.signal(signal.SIGINT, self._raise), signal.signal(signal.SIGALRM, self._raise)
+        return self
+
+    fired = False               # a Ctrl-C came: whatever error follows is its consequence
+
+    @classmethod
+    def _raise(cls, signum, frame):
+        import signal
+        cls.fired = True
+        signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+        raise KeyboardInterrupt
+
+    def stop(self):
+        if self.active:
+            import signal
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGINT, self.saved[0])
+            signal.signal(signal.SIGALRM, self.saved[1])
+            self.active = False
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 def main(argv=None):
     """Run one command; returns the exit code (0, 2 for a user error, 130 for Ctrl-C, 1 for a bug)."""
+    with _RepeatedInterrupt() as interrupt:
+        return _main(argv, interrupt)
+
+
+def _main(argv, interrupt):
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -446,6 +487,7 @@ def main(argv=None):
         print(f"fewstep: error: {e}", file=sys.stderr)
         return _close(2)
     except KeyboardInterrupt as e:
+        interrupt.stop()
         print(f"fewstep: {e.args[0] if e.args else 'interrupted'}", file=sys.stderr)
         return _close(130)
     except BrokenPipeError:         # the reader of our output went away (| head): nothing to say to it
@@ -456,6 +498,10 @@ def main(argv=None):
         print(f"fewstep: error: {e.strerror or e}{where}; free space or choose a writable place", file=sys.stderr)
         return _close(2)
     except Exception as e:
+        if _RepeatedInterrupt.fired:        # an import that a Ctrl-C broke half way
+            interrupt.stop()
+            print("fewstep: interrupted", file=sys.stderr)
+            return _close(130)
         if os.environ.get(DEBUG):
             raise
         print(f"fewstep: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
