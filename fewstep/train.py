@@ -97,10 +97,11 @@ def build_state(cfg, teacher=None, dist_info=None):
         method = METHODS[cfg.method](**kwargs)
     except (TypeError, ValueError) as e:
         raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
+    run = types.SimpleNamespace(cfg=cfg, shape=sample_shape(net.net) if hasattr(net, "net") else None,
+                                device=dist_info.device, dist=dist_info, pair_folder=_pair_folder(cfg, teacher),
+                                num_classes=getattr(data, "num_classes", 0) if cfg.cond else 0)
     try:
-        method.prepare(types.SimpleNamespace(cfg=cfg, shape=sample_shape(net.net), device=dist_info.device, dist=dist_info,
-                                             num_classes=getattr(data, "num_classes", 0) if cfg.cond else 0,
-                                             pair_folder=_pair_folder(cfg, teacher)))
+        method.prepare(run)
     except (TypeError, ValueError) as e:
         raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
     modules = method.build(net, lambda: _placed(build_model(cfg, data), data, dist_info))
