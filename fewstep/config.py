@@ -126,7 +126,10 @@ class TrainConfig:
         (DEFAULT_BATCH by kind of data), the U-Net size, and every method option (the curriculum length K
         included, so that extending --steps on resume keeps the schedule the run started with)."""
         batch = self.batch or DEFAULT_BATCH["images" if self.data in IMAGE_DATASETS else "flat"]
-        net_kwargs = {"config": DEFAULT_UNET, **self.net_kwargs} if self.net == "unet" else self.net_kwargs
+        net_kwargs = {"config": DEFAULT_UNET, **self.net_kwargs} if self.net == "unet" else dict(self.net_kwargs)
+        needs = list(getattr(METHODS.get(self.method), "net_scalars", ()))     # CTM's network embeds s
+        if needs and "scalars" not in net_kwargs:
+            net_kwargs["scalars"] = needs
         data_kwargs = dict(self.data_kwargs)
         if isinstance(data_kwargs.get("root"), str):        # a run must load from any working directory
             data_kwargs["root"] = os.path.abspath(os.path.expanduser(data_kwargs["root"]))

@@ -41,7 +41,8 @@ def crop_to(x, size):
 
 
 @torch.no_grad()
-def sample_images(model, cfg, n, steps, *, sampler=None, taus=None, guidance=0.0, classifier=None, batch=500, seed=0):
+def sample_images(model, cfg, n, steps, *, sampler=None, taus=None, guidance=0.0, classifier=None, batch=500, seed=0,
+                  gamma=0.0):
     """(images in [-1, 1], NFE, images/s): n samples in batches, class labels balanced when conditional.
     guidance w: classifier-free for a conditional run, or classifier guidance with `classifier`.
     taus: explicit consistency time points instead of `steps` (Algorithm 1, seed 000)."""
@@ -60,13 +61,14 @@ def sample_images(model, cfg, n, steps, *, sampler=None, taus=None, guidance=0.0
         conditional = cfg.cond or classifier is not None
         # balanced labels, on the model's device (CUDA too); an unconditional run has none (num_classes 0)
         cond = {"class_labels": torch.arange(i, i + m, device=device) % num_classes} if conditional else None
-        x, nfe = generate(model, cfg, m, steps, sampler=sampler, taus=taus, generator=g, cond=cond, shape=shape)
+        x, nfe = generate(model, cfg, m, steps, sampler=sampler, taus=taus, generator=g, cond=cond, shape=shape,
+                          gamma=gamma)
         out.append(x.clamp(-1, 1))
     return torch.cat(out), nfe, n / (time.perf_counter() - t0)
 
 
 def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=None, seed=0, out=None,
-             overwrite=False, progress=True):
+             overwrite=False, progress=True, gamma=0.0):
     """Rows {steps, nfe, fd, precision, recall, images_per_sec} for each step count; writes the outputs
     to `out` (default: a new numbered folder RUN/eval/NNN; earlier outputs are kept unless overwrite)."""
     model, cfg = load_model(run)
@@ -81,7 +83,8 @@ def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=Non
     out = output_dir(out, os.path.join(run, "eval"), OUTPUTS, overwrite)
     rows = []
     for s in steps:
-        x, nfe, rate = sample_images(model, cfg, n, s, sampler=sampler, guidance=guidance, classifier=classifier, seed=seed)
+        x, nfe, rate = sample_images(model, cfg, n, s, sampler=sampler, guidance=guidance, classifier=classifier, seed=seed,
+                                     gamma=gamma)
         feats = extract_features(feature_net, crop_to(x, 28), progress=progress)
         pr = precision_recall(ref, feats, k=3)
         rows.append({"steps": s, "nfe": nfe, "fd": fd_from_features(feats, ref), **pr, "images_per_sec": rate})

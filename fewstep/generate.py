@@ -10,7 +10,7 @@ import torch
 from .errors import FewstepError
 from .methods import METHODS
 from .nets import sample_shape
-from .sampling import SAMPLERS, nfe, sample_consistency
+from .sampling import SAMPLERS, nfe, sample_consistency, sample_gamma
 
 
 def run_kind(cfg):
@@ -45,8 +45,8 @@ def pick_sampler(cfg, sampler=None):
         raise FewstepError(f"a {cfg.method!r} run is not a generator; use it for guidance: "
                            "fewstep eval TEACHER_RUN --classifier RUN --guidance W")
     sampler = sampler or default_sampler(cfg)
-    if sampler not in ("consistency", *SAMPLERS):
-        raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, {', '.join(sorted(SAMPLERS))}")
+    if sampler not in ("consistency", "gamma", *SAMPLERS):
+        raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, gamma, {', '.join(sorted(SAMPLERS))}")
     if sampler not in kind.samplers:
         raise FewstepError(f"a run trained with {cfg.method!r} makes a {kind.name} model, which samples with "
                            f"--sampler {' or '.join(sorted(kind.samplers))}")
@@ -58,9 +58,9 @@ def check_sampling(cfg, sampler=None, taus=None, model=None, steps=()):
     consistency models only, and they, or the grid of each step count, must be valid (checked when `model`
     is given: a progressive-distillation run samples on divisors of its grid only)."""
     sampler = pick_sampler(cfg, sampler)
-    if taus is not None and sampler != "consistency":
-        raise FewstepError(f"--tau lists the time points of a consistency model; this {cfg.method!r} run samples "
-                           "with --steps (and --sampler)")
+    if taus is not None and sampler not in ("consistency", "gamma"):
+        raise FewstepError(f"--tau lists the time points of a consistency or trajectory model; this {cfg.method!r} "
+                           "run samples with --steps (and --sampler)")
     if model is not None:
         try:
             for s in ([len(taus)] if taus is not None else steps):
@@ -71,24 +71,25 @@ def check_sampling(cfg, sampler=None, taus=None, model=None, steps=()):
 
 
 @torch.no_grad()
-def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, shape=None):
+def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, shape=None, gamma=0.0):
     """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list).
-    shape: one sample's shape (default: the network's img_shape, or (dim,) for flat data)."""
+    shape: one sample's shape (default: the network's img_shape, or (dim,) for flat data); gamma: CTM's
+    gamma-sampling (0 deterministic, 1 Algorithm 1)."""
     sampler = check_sampling(cfg, sampler, taus)
     if n < 1:
         raise FewstepError(f"the number of samples must be at least 1, got {n}")
     try:
         shape = shape or sample_shape(model.net)
-        return _generate(model, cfg, (n, *shape), steps, sampler, taus, generator, cond)
+        return _generate(model, cfg, (n, *shape), steps, sampler, taus, generator, cond, gamma)
     except ValueError as e:                         # impossible step lists and schedules, in one line
         raise FewstepError(str(e)) from None
 
 
-def _generate(model, cfg, shape, steps, sampler, taus, generator, cond):
+def _generate(model, cfg, shape, steps, sampler, taus, generator, cond, gamma=0.0):
     device = next(model.parameters()).device
     grid = noise_grid(model, cfg, steps, sampler, taus)
     x = run_process(model, cfg).prior(shape, grid[0], generator=generator, device=device)
-    return run_sampler(model, cfg, x, grid, sampler, generator=generator, cond=cond)
+    return run_sampler(model, cfg, x, grid, sampler, generator=generator, cond=cond, gamma=gamma)
 
 
 def noise_grid(model, cfg, steps, sampler, taus=None, sigma_start=None):
@@ -96,13 +97,17 @@ def noise_grid(model, cfg, steps, sampler, taus=None, sigma_start=None):
     taus for a consistency model, a descending grid ending in 0 for a denoiser (its process's: the Karras
     grid on VE, the strided schedule on VP). sigma_start: start there instead of at sigma_max (editing and
     denoising start from an image, seed 000)."""
-    if sampler == "consistency" or taus is not None:
+    if sampler in ("consistency", "gamma") or taus is not None:
         return run_kind(cfg).grid(model, cfg, steps, sigma_start, taus)
     return run_process(model, cfg).sampling_grid(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, sigma_start)
 
 
-def run_sampler(model, cfg, x, grid, sampler, *, generator=None, cond=None, project=None):
+def run_sampler(model, cfg, x, grid, sampler, *, generator=None, cond=None, project=None, gamma=0.0):
     """(samples, NFE): the sampler walks `grid` from x, which is already at noise level grid[0]."""
+    if sampler == "gamma":
+        x = sample_gamma(model, x, grid, gamma=gamma, sigma_min=cfg.sigma_min, cond=cond, generator=generator,
+                         project=project)
+        return x, len(grid)
     if sampler == "consistency":
         x = sample_consistency(model, x, grid, sigma_min=cfg.sigma_min, cond=cond, generator=generator, project=project)
         return x, len(grid)

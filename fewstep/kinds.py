@@ -7,8 +7,8 @@ kind instead of testing method or preconditioning names.
 | DENOISER    | D(x, sigma)     | the process's: EDMPrecond (VE), VPPrecond   | heun, euler, ddim,  | yes     |
 |             |                 |                                            | ddpm, langevin      |         |
 | CONSISTENCY | f(x, sigma)     | ConsistencyPrecond (boundary f(x, eps) = x) | consistency         | no      |
-| TRAJECTORY  | G(x, t, s)      | TrajectoryPrecond (net embeds s)           | as DENOISER, on     | yes     |
-|             |                 |                                            | g(x, t, t)          |         |
+| TRAJECTORY  | G(x, t, s)      | TrajectoryPrecond (net embeds s)           | gamma; as DENOISER  | yes     |
+|             |                 |                                            | on g(x, t, t)       |         |
 | GENERATOR   | G(x_T) = D(x_T, T) | EDMPrecond, evaluated at T (and re-noised | consistency         | no      |
 |             |                 | levels for a few steps)                    | (Algorithm 1)       |         |
 | CLASSIFIER  | logits(x, sigma)| none: the raw network                      | none                | no      |
@@ -71,14 +71,22 @@ class ConsistencyFunction:
 
 
 class TrajectoryModel(Denoiser):
-    """G(x, t, s) jumping from time t to any s <= t (CTM, seed 003); as a denoiser g(x, t, t), so it samples
-    and teaches like one. Gamma-sampling comes with the CTM method."""
+    """G(x, t, s) jumping from time t to any s <= t (CTM, seed 003): gamma-sampling over Algorithm 1's time
+    points (its default), and, as the denoiser g(x, t, t), every ODE/SDE sampler; it teaches like a denoiser."""
     name = "trajectory"
+    preview_steps = 1
+    samplers = ("gamma", *SAMPLERS)
 
     def wrap(self, net, cfg, process):
         model = TrajectoryPrecond(net, cfg.sigma_data, cfg.sigma_min)
         model.process = VE()
         return model
+
+    def default_sampler(self, process):
+        return "gamma"
+
+    def grid(self, model, cfg, steps, sigma_start=None, taus=None):
+        return CONSISTENCY.grid(model, cfg, steps, sigma_start, taus)
 
 
 class Generator(ConsistencyFunction):

@@ -266,6 +266,25 @@ def sample_consistency(f, x, taus, *, sigma_min=SIGMA_MIN, cond=None, generator=
         x = _project(project, _denoise(f, x_hat, tau, cond, dtype), 0.0)
     return x.to(dtype)
 
+def sample_gamma(G, x, taus, *, gamma=0.0, sigma_min=SIGMA_MIN, cond=None, generator=None, progress=False,
+                 project=None):
+    """CTM's gamma-sampling (seed 003; Kim et al. 2024) over the time points taus (as Algorithm 1's, then
+    sigma_min): from t_n jump with G(x, t_n, s') to s' = max(sqrt(1 - gamma^2) t_{n+1}, sigma_min), then add
+    noise to reach t_{n+1}. gamma = 0 is deterministic (every step a jump along the trajectory); gamma = 1 is
+    Algorithm 1 with the same noise. `project` acts on each jump's landing point at its level s'."""
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1] (0: deterministic, 1: consistency sampling), got {gamma}")
+    taus = check_taus(taus, sigma_min) + [sigma_min]
+    dtype, work = x.dtype, _work_dtype(x)
+    x, generator = x.to(work), _generator(generator, x.device)
+    for t, t_next in tqdm(list(zip(taus[:-1], taus[1:])), disable=None if progress else True):
+        s = max(math.sqrt(1 - gamma ** 2) * t_next, sigma_min)
+        x = G(x.to(dtype), as_sigma(t, x).to(dtype), s=as_sigma(s, x).to(dtype), **(cond or {})).to(work)
+        x = _project(project, x, s if s > sigma_min else 0.0)      # at sigma_min: a clean estimate, as Algorithm 1's
+        if t_next > s:
+            x = x + math.sqrt(t_next ** 2 - s ** 2) * _randn(x, generator)
+    return x.to(dtype)
+
 #----------------------------------------------------------------------------
 # Registry and cost.
 
@@ -288,6 +307,6 @@ def nfe(name, sigmas, *, n_steps=LANGEVIN_STEPS, denoise=True):
         return 2 * (len(s) - 1) - sum(1 for v in s[1:] if v == 0)
     if name == "langevin":
         return n_steps * sum(1 for v in s if v > 0) + int(denoise)
-    if name == "consistency":
+    if name in ("consistency", "gamma"):
         return len(s)
     raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS) + ['consistency']}")

@@ -137,7 +137,8 @@ def _load_teacher(cfg, net, dist_info):
     check_teacher_shape(cfg, teacher, net)
     if cfg.init_from_teacher and isinstance(teacher.process, VE):      # same network inputs as the student
         try:
-            load_state(net.net, teacher.net.state_dict(), cfg.teacher)
+            state = teacher.net.state_dict()
+            load_state(net.net, {**state, **_own_scalar_embeddings(net.net, state)}, cfg.teacher)
         except FewstepError:
             raise FewstepError(f"the teacher {cfg.teacher} is a {teacher_cfg.net} {json.dumps(teacher_cfg.net_kwargs)} "
                                f"and the student a {cfg.net} {json.dumps(cfg.net_kwargs)}: a student that starts from "
@@ -149,6 +150,16 @@ def _load_teacher(cfg, net, dist_info):
         raise FewstepError(f"teacher_guidance needs a teacher that learned the null label; {cfg.teacher} was trained "
                            "with label_dropout=0: retrain it with --set label_dropout=0.1")
     return teacher
+
+
+def _own_scalar_embeddings(net, teacher_state):
+    """The student's embeddings of scalar conditions its teacher lacks (CTM's s), with their output layer at
+    zero: the student starts as its teacher whatever the condition's value."""
+    own = {}
+    for key, value in net.state_dict().items():
+        if key not in teacher_state and key.split(".")[0] in ("scalar_emb", "map_scalar"):
+            own[key] = torch.zeros_like(value) if ".linear." in key else value
+    return own
 
 
 def check_teacher_shape(cfg, teacher, net):

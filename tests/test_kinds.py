@@ -25,7 +25,7 @@ def _net(**kw):
 
 def test_every_method_names_a_kind_whose_samplers_exist():
     for name, method in METHODS.items():
-        assert all(s in SAMPLERS or s == "consistency" for s in method.produces.samplers), name
+        assert all(s in SAMPLERS or s in ("consistency", "gamma") for s in method.produces.samplers), name
 
 
 def test_trajectory_model_boundaries_and_its_denoiser_view():

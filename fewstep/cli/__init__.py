@@ -118,6 +118,13 @@ def finite_float(text):
     return value
 
 
+def unit_float(text):
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def folder(text):
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
@@ -214,7 +221,7 @@ def cmd_sample(args):
     for s in (steps if taus is None else [len(taus)]):
         g = torch.Generator().manual_seed(args.seed)
         t0 = time.perf_counter()
-        x, n_fe = generate(model, cfg, args.n, s, sampler=args.sampler, taus=taus, generator=g)
+        x, n_fe = generate(model, cfg, args.n, s, sampler=args.sampler, taus=taus, generator=g, gamma=args.gamma)
         rate = args.n / (time.perf_counter() - t0)
         swd = sample_distance(x, data, generator=torch.Generator().manual_seed(args.seed + 1))
         ferr = (consistency_error(model, data, t=cfg.sigma_max, sigma_min=cfg.sigma_min, n=1024,
@@ -241,7 +248,8 @@ def sample_image_run(args, model, cfg, steps, taus, out):
     rows = []
     print(f"{'steps':>5} {'NFE':>5} {'images/s':>10}")
     for s in (steps if taus is None else [len(taus)]):
-        x, n_fe, rate = sample_images(model, cfg, args.n, s, sampler=args.sampler, taus=taus, seed=args.seed)
+        x, n_fe, rate = sample_images(model, cfg, args.n, s, sampler=args.sampler, taus=taus, seed=args.seed,
+                                      gamma=args.gamma)
         rows.append({"steps": s, "nfe": n_fe, "images_per_sec": rate})
         print(f"{s:>5} {n_fe:>5} {rate:>10.1f}")
         torch.save(x, os.path.join(out, f"steps{s}.pt"))
@@ -256,7 +264,7 @@ def cmd_eval(args):
     from ..generate import parse_steps
     evaluate(args.run, parse_steps(args.steps), n=args.n, sampler=args.sampler, guidance=args.guidance,
              classifier_run=args.classifier, seed=args.seed, out=args.out, overwrite=args.overwrite,
-             progress=not args.quiet)
+             progress=not args.quiet, gamma=args.gamma)
 
 
 def cmd_train_classifier(args):
@@ -289,7 +297,9 @@ def sampling_arguments(p, outputs, n):
     """What `sample` and `eval` share: the run, step counts, sampler, sample count, seed and output folder."""
     p.add_argument("run", help="run folder")
     p.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
-    p.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm, langevin (teachers)")
+    p.add_argument("--sampler", help="consistency (CMs), gamma (CTM), heun, euler, ddim, ddpm, langevin (teachers)")
+    p.add_argument("--gamma", type=unit_float, default=0.0, help="CTM's gamma-sampling: 0 deterministic (default), "
+                   "1 = consistency sampling")
     p.add_argument("--n", type=positive_int, default=n, help=f"samples per step count (default {n})")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", help=f"output folder (default: a new RUN/{outputs}/NNN)")
@@ -307,12 +317,12 @@ def build_parser():
                        description="Train a run into --out: config.json, checkpoint.safetensors, metrics.jsonl, "
                        "tensorboard/. `fewstep methods` lists each method's options and defaults.")
     t.add_argument("method", help="the training method: edm, ddpm (teachers), cd, ct, ict, cd-continuous, "
-                   "ct-continuous (consistency), kd, pd, rf, reflow, dmd, sds, add (distillation), classifier; "
+                   "ct-continuous (consistency), ctm (trajectory), kd, pd, rf, reflow, dmd, sds, add (distillation), classifier; "
                    "`fewstep methods` lists each with its options. pd without --set N runs every round into "
                    "OUT/steps-N")
     t.add_argument("--out", required=True, type=folder, help="run folder to write (new or empty; with --resume, "
                    "the run to continue)")
-    t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous, kd, pd, reflow, dmd, "
+    t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous, ctm, kd, pd, reflow, dmd, "
                    "sds, add; for reflow and kd also a rectified flow)")
     t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral, "
                    "fashion-mnist, fashion-mnist-rgb, folder (--set data.root=DIR)")

@@ -12,6 +12,7 @@ from .diffusion import DDPMLoss, EDMLoss
 from .distill import KnowledgeDistillation, ProgressiveDistillation
 from .flow import RectifiedFlow, Reflow
 from .matching import DistributionMatching, ScoreDistillation
+from .trajectory import ConsistencyTrajectory
 
 METHODS = {
     "edm": EDMLoss,                       # diffusion teacher, VE (EDM)
@@ -21,6 +22,7 @@ METHODS = {
     "ict": ImprovedConsistencyTraining,   # improved CT, seed 004
     "cd-continuous": ContinuousCD,        # continuous-time CD, seed 000
     "ct-continuous": ContinuousCT,        # continuous-time CT, seed 000
+    "ctm": ConsistencyTrajectory,         # consistency trajectory models, seeds 003 and 004
     "kd": KnowledgeDistillation,          # naive knowledge distillation, seed 003
     "pd": ProgressiveDistillation,        # progressive distillation, seeds 002 and 003
     "rf": RectifiedFlow,                  # 1-rectified flow from (data, noise), seed 003
@@ -30,4 +32,4 @@ METHODS = {
     "add": AdversarialDistillation,       # adversarial diffusion distillation, seed 003
     "classifier": NoisyClassifierLoss,    # noise-conditional classifier for classifier guidance, seed 002
 }
-DISTILLATION = {"cd", "cd-continuous", "kd", "pd", "reflow", "dmd", "sds", "add"}    # methods that need --teacher
+DISTILLATION = {"cd", "cd-continuous", "ctm", "kd", "pd", "reflow", "dmd", "sds", "add"}    # methods that need --teacher

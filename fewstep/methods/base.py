@@ -40,6 +40,7 @@ class Method:
     groups = {"net": Group()}
     sample_module = "net"           # the module whose sampling EMA ("ema") is the run's model
     conditions = ()                 # names of the scalar conditions its batches supply (LCM: "w"; net.scalars)
+    net_scalars = ()                # scalar conditions its network must embed (CTM: "s"), added to net.scalars
 
     def emas(self):
         return {}
