@@ -160,6 +160,51 @@ def markdown_fmnist(rows):
     return "\n".join(lines)
 
 
+def plan_ctm(budget):
+    """CTM against CD at the same budget on the 2-D mixture, with and without its DSM and GAN terms."""
+    return {
+        "teacher": ("edm", None, {}, 2 * budget, None),
+        "cd": ("cd", "teacher", {"N": 18}, budget, (1, 2, 4, 8)),
+        "ctm": ("ctm", "teacher", {}, budget, (1, 2, 4, 8)),
+        "ctm, local (max_solver_steps=1)": ("ctm", "teacher", {"max_solver_steps": 1}, budget, (1, 2, 4, 8)),
+        "ctm, DSM 0.1": ("ctm", "teacher", {"lambda_dsm": 0.1}, budget, (1, 2, 4, 8)),
+        "ctm, no DSM": ("ctm", "teacher", {"lambda_dsm": 0.0}, budget, (1, 2, 4, 8)),
+        "ctm, GAN 0.1": ("ctm", "teacher", {"gan_weight": 0.1}, budget, (1, 2, 4, 8)),
+    }
+
+
+def measure_ctm(out, seeds, budget, n):
+    """CTM's gamma = 0 at 1..8 steps, CD's Algorithm 1 at the same steps, and g(x, t, t) with Heun at 35 NFE."""
+    runs = plan_ctm(budget)
+    data = make_dataset("gmm", weights=WEIGHTS)
+    rows, pictures = {}, {}
+    for seed in seeds:
+        base = dict(**MIXTURE, seed=seed, log_every=250, ckpt_every=budget)
+        done = train_all(os.path.join(out, f"2d-seed{seed}"), base, runs, list(runs))
+        for name, (method, _, _, _, counts) in runs.items():
+            model, cfg = load_model(done[name][0])
+            samplings = [(f"{name}", None, steps) for steps in counts or ()]
+            if method in ("ctm", "edm"):
+                samplings.append((f"{name}, Heun on g(x, t, t)" if method == "ctm" else "teacher, Heun", "heun", 18))
+            for label, sampler, steps in samplings:
+                x, nfe = generate(model, cfg, n, steps, sampler=sampler, generator=torch.Generator().manual_seed(100 + seed))
+                rows.setdefault((label, steps), []).append(
+                    {"swd": sample_distance(x, data, generator=torch.Generator().manual_seed(7)), **mode_stats(x, data),
+                     "nfe": nfe})
+                if seed == seeds[0] and sampler is None:
+                    pictures.setdefault(name, []).append((f"{steps} step{'s' * (steps > 1)}", x))
+        teacher_calls = {name: ctm_teacher_calls(runs[name][2]) for name in runs if runs[name][0] == "ctm"}
+        print(f"[distill] CTM teacher calls per sample: {teacher_calls}", file=sys.stderr, flush=True)
+    panels = [("data", [("data", data.sample(n, torch.Generator().manual_seed(0)))])] + list(pictures.items())
+    scatter_grid(panels, os.path.join(out, "ctm_2d.png"))
+    return rows
+
+
+def ctm_teacher_calls(options):
+    from fewstep.methods.trajectory import ConsistencyTrajectory
+    return round(ConsistencyTrajectory(None, **{k: v for k, v in options.items() if k == "max_solver_steps"}).teacher_calls(), 1)
+
+
 def summarise(rows):
     """'mean ± sd' over seeds per metric."""
     table = []
@@ -185,7 +230,7 @@ def markdown(table):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data", choices=["2d", "fmnist"])
+    p.add_argument("data", choices=["2d", "fmnist", "ctm"])
     p.add_argument("--out", default="bench_distill")
     p.add_argument("--budget", type=int, default=2000, help="training steps of each few-step method")
     p.add_argument("--seeds", default="0,1,2")
@@ -201,6 +246,15 @@ def main(argv=None):
                 f"{torch.__version__}, {torch.get_num_threads()} threads; {(time.perf_counter() - t0) / 60:.0f} min.\n\n"
                 f"{markdown_fmnist(rows)}\n")
         with open(os.path.join(args.out, "fmnist.md"), "w") as f:
+            f.write(text)
+        return print(text)
+    if args.data == "ctm":
+        table = summarise(measure_ctm(args.out, [int(s) for s in args.seeds.split(",")], args.budget, args.n))
+        text = (f"Command: `python benchmarks/distillation.py ctm --out {args.out} --budget {args.budget} --seeds "
+                f"{args.seeds} --n {args.n}`; {time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch "
+                f"{torch.__version__}, {torch.get_num_threads()} threads; {(time.perf_counter() - t0) / 60:.0f} min.\n\n"
+                f"{markdown(table)}\n")
+        with open(os.path.join(args.out, "ctm.md"), "w") as f:
             f.write(text)
         return print(text)
     rows = measure_2d(args.out, [int(s) for s in args.seeds.split(",")], args.budget, args.n, args.pairs, args.pair_steps)

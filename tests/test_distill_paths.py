@@ -21,7 +21,7 @@ PAIRS = ["--set", "pairs=32", "--set", "pair_steps=2"]
 METHODS = {             # method -> its options at a tiny budget
     "kd": PAIRS, "pd": ["--set", "N0=4"], "rf": [], "reflow": PAIRS, "dmd": PAIRS,
     "dmd2": ["--set", "reg_weight=0", "--set", "fake_updates=2", "--set", "gan_weight=0.5"],
-    "sds": [], "sds-batch": ["--set", "estimator=batch"], "add": [],
+    "sds": [], "sds-batch": ["--set", "estimator=batch"], "add": [], "ctm": ["--set", "N=6"],
 }
 
 
@@ -139,7 +139,7 @@ def fm_teacher(request, tmp_path_factory):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("name", ["kd", "pd", "reflow", "dmd2", "sds-batch", "add"])
+@pytest.mark.parametrize("name", ["kd", "pd", "reflow", "dmd2", "sds-batch", "add", "ctm"])
 def test_fmnist_train_sample_eval(name, fm_teacher, tmp_path):
     teacher, variant = fm_teacher
     run, options = tmp_path / name, METHODS[name]
@@ -151,3 +151,31 @@ def test_fmnist_train_sample_eval(name, fm_teacher, tmp_path):
     ok(cli("eval", target, "--steps", "1", "--n", "20", "--out", tmp_path / "e", "--quiet"))
     rows = json.load(open(tmp_path / "e" / "metrics.json"))
     assert rows[0]["nfe"] == 1 and rows[0]["fd"] > 0
+
+
+def test_ctm_gamma_sampling_and_its_denoiser(toy_teacher, tmp_path):
+    run = tmp_path / "ctm"
+    ok(cli("train", "ctm", "--teacher", toy_teacher, *TOY, "--set", "N=6", "--set", "gan_weight=0.5", "--steps", "3",
+           "--out", run))
+    cfg = read_json(os.path.join(run, "config.json"))
+    assert cfg["network"]["options"]["scalars"] == ["s"]         # the student's network embeds s
+    for gamma in ("0", "0.5", "1"):
+        ok(cli("sample", run, "--steps", "1,2", "--gamma", gamma, "--n", "100", "--out", tmp_path / f"g{gamma}"))
+    ok(cli("sample", run, "--steps", "5", "--sampler", "heun", "--n", "100", "--out", tmp_path / "heun"))
+    ok(cli("sample", run, "--tau", "80,1", "--n", "100", "--out", tmp_path / "tau"))
+    with pytest.raises(SystemExit, match="2"):                      # argparse's own one-line error
+        cli("sample", run, "--gamma", "2", "--n", "10")
+    a = torch.load(os.path.join(tmp_path, "g0", "steps2.pt"))
+    b = torch.load(os.path.join(tmp_path, "g1", "steps2.pt"))
+    assert not torch.equal(a, b)                                    # gamma changes the multistep path
+
+
+@needs_fmnist
+def test_fmnist_edit_with_a_ctm_run(fm_teacher, tmp_path):
+    teacher, variant = fm_teacher
+    run = tmp_path / "ctm"
+    ok(cli("train", "ctm", "--teacher", teacher, *IMAGES, *VARIANTS[variant], "--set", "N=6", "--out", run))
+    label = ["--label", "3"] if variant == "conditional" else []
+    ok(cli("edit", "inpaint", run, "--from-data", "2", "--box", "7,7,21,21", *label, "--out", tmp_path / "e"))
+    assert os.path.isfile(tmp_path / "e" / "inpaint.png")
+    ok(cli("eval", run, "--steps", "2", "--gamma", "1", "--n", "20", "--out", tmp_path / "ev", "--quiet"))

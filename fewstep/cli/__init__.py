@@ -421,7 +421,7 @@ def build_parser():
     ed.add_argument("--frames", type=int, default=8, help="interpolate: images in the strip (default 8)")
     ed.add_argument("--steps", type=int, help="sampling steps (default: a CM takes 8 for inpaint / colorize / "
                     "superres and 1 otherwise; a teacher takes 18)")
-    ed.add_argument("--sampler", help="consistency (CMs), heun, euler, ddim, ddpm (teachers)")
+    ed.add_argument("--sampler", help="consistency (CMs), gamma (CTM, gamma = 0), heun, euler, ddim, ddpm (teachers)")
     ed.add_argument("--samples", type=int, help="results per input (default 3; denoise 1)")
     ed.add_argument("--label", type=int, help="class label for a class-conditional run")
     ed.add_argument("--seed", type=seed_int, default=0)

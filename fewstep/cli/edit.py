@@ -175,7 +175,7 @@ def run_edit(args):
         raise FewstepError(f"--samples must be at least 1, got {k}")
     if args.steps is not None and args.steps < 1:
         raise FewstepError(f"--steps must be at least 1, got {args.steps}")
-    cm = pick_sampler(cfg, args.sampler) == "consistency"
+    cm = pick_sampler(cfg, args.sampler) in ("consistency", "gamma")      # few-step samplers
     if args.task == "interpolate":
         if args.input or args.from_data:
             raise FewstepError("interpolate mixes two seeds' noise (--seeds) and takes no input images; leave out "
