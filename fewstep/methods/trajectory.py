@@ -68,13 +68,17 @@ class ConsistencyTrajectory(Method):
 
     @torch.no_grad()
     def solver(self, x, i_from, i_to, cond):
-        """The teacher's Heun steps along the grid from t[i_from] down to t[i_to], row by row."""
-        for _ in range(int((i_from - i_to).max())):
-            active = i_from > i_to
-            step = ode_step(self.teacher, x, self.t[i_from].to(x), self.t[(i_from - 1).clamp(min=0)].to(x), "heun", cond)
-            x = torch.where(append_dims(active, x.ndim), step, x)
-            i_from = torch.where(active, i_from - 1, i_from)
-        return x
+        """The teacher's Heun steps along the grid from t[i_from] down to t[i_to], row by row: each step runs
+        on the rows that still have one to take, so a batch costs its rows' steps, not its longest row's."""
+        x, i = x.clone(), i_from.clone()
+        while True:
+            rows = (i > i_to).nonzero().flatten()
+            if rows.numel() == 0:
+                return x
+            row_cond = {k: v[rows.to(v.device)] for k, v in cond.items()}
+            x[rows.to(x.device)] = ode_step(self.teacher, x[rows.to(x.device)], self.t[i[rows]].to(x),
+                                            self.t[i[rows] - 1].to(x), "heun", row_cond)
+            i[rows] -= 1
 
     def teacher_calls(self):
         """Teacher evaluations per sample, in expectation over (t, s, u): 2 per Heun step."""
