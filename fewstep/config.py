@@ -188,7 +188,7 @@ class TrainConfig:
         if (self.method == "classifier") != (self.net == "classifier") or (self.method == "classifier" and not self.cond):
             raise FewstepError("a guidance classifier trains with: fewstep train classifier --net classifier --set cond=true")
         if self.teacher_guidance and not (self.cond and self.method in DISTILLATION):
-            raise FewstepError("teacher_guidance needs a class-conditional distillation run (cd, cd-continuous) "
+            raise FewstepError(f"teacher_guidance needs a class-conditional distillation run ({', '.join(sorted(DISTILLATION))}) "
                                "with --set cond=true")
         if self.optimizer not in OPTIMIZERS:
             raise FewstepError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")

@@ -202,7 +202,10 @@ def interpolate(model, cfg, seeds, frames, steps, *, sampler=None, cond=None):
         raise FewstepError(f"interpolation takes 2 to {MAX_FRAMES} frames, got {frames}; e.g. --frames 8")
     sampler = pick_sampler(cfg, sampler)
     shape, device = (1, *_shape_of(model)), next(model.parameters()).device
-    grid = noise_grid(model, cfg, steps, sampler)
+    try:
+        grid = noise_grid(model, cfg, steps, sampler)
+    except ValueError as e:
+        raise FewstepError(str(e)) from None
     scale = run_process(model, cfg).prior_scale(grid[0])
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     z0, z1 = (torch.randn(shape, generator=g, dtype=torch.float64) for g in gens)

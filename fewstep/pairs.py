@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, make_dir, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import FewstepError
 from .processes import VE
 from .sampling import SAMPLERS
 
@@ -42,9 +43,11 @@ def check_pair_options(pairs, pair_steps, pair_sampler=None):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
-def pair_file(folder, teacher, n, sampler, steps, seed, guidance=0.0):
-    tag = f"-w{guidance:g}" if guidance else ""
-    return os.path.join(folder, f"{sampler}{steps}-n{n}-seed{seed}{tag}-{fingerprint(teacher)}.safetensors")
+def pair_file(folder, teacher, n, sampler, steps, seed, guidance=0.0, **settings):
+    """The cache file of a set of pairs: every setting that changes them is in its name (the grid's sigma_min,
+    sigma_max and rho, the class count and guidance through a short hash), so a different run never reads them."""
+    key = hashlib.sha1(repr(sorted({**settings, "guidance": guidance}.items())).encode()).hexdigest()[:8]
+    return os.path.join(folder, f"{sampler}{steps}-n{n}-seed{seed}-{key}-{fingerprint(teacher)}.safetensors")
 
 
 @torch.no_grad()
@@ -70,8 +73,9 @@ def make_pairs(teacher, shape, n, *, sampler, steps, sigma_min, sigma_max, rho, 
 
 def teacher_pairs(teacher, shape, n, *, sampler, steps, folder=None, guidance=0.0, **kwargs):
     """make_pairs, read from `folder` when they were made before and written there otherwise (atomically,
-    so a killed run leaves no half file). folder=None: made in memory only."""
-    path = pair_file(folder, teacher, n, sampler, steps, kwargs.get("seed", 0), guidance) if folder else None
+    so a killed run leaves no half file). folder=None, or one that cannot be written: made in memory only."""
+    settings = {k: kwargs.get(k) for k in ("sigma_min", "sigma_max", "rho", "num_classes")}
+    path = pair_file(folder, teacher, n, sampler, steps, kwargs.get("seed", 0), guidance, **settings) if folder else None
     if path and os.path.isfile(path):
         pairs, _ = load_checkpoint(path)
         if pairs["z"].shape == (n, *shape):
@@ -80,8 +84,11 @@ def teacher_pairs(teacher, shape, n, *, sampler, steps, folder=None, guidance=0.
         print(f"making {n} teacher pairs ({sampler}, {steps} steps) -> {path}", file=sys.stderr, flush=True)
     pairs = make_pairs(teacher, shape, n, sampler=sampler, steps=steps, **kwargs)
     if path:
-        make_dir(folder, "pair folder")
-        save_checkpoint(path, pairs, {"n": n, "sampler": sampler, "steps": steps})
+        try:
+            os.makedirs(folder, exist_ok=True)
+            save_checkpoint(path, pairs, {"n": n, "sampler": sampler, "steps": steps})
+        except OSError as e:            # a read-only teacher still teaches: the pairs are only not kept
+            print(f"cannot keep the pairs in {folder} ({e.strerror or e}); using them from memory", file=sys.stderr)
     return pairs
 
 
@@ -97,6 +104,14 @@ def run_pairs(teacher, run, n, sampler=None, steps=None):
     kwargs = dict(sampler=sampler or process.default_sampler, steps=steps or getattr(process, "N", DEFAULT_STEPS), sigma_min=cfg.sigma_min,
                   sigma_max=cfg.sigma_max, rho=cfg.rho, seed=cfg.seed, num_classes=run.num_classes,
                   device=run.device, guidance=cfg.teacher_guidance, folder=run.pair_folder)
-    if run.pair_folder:
-        distributed.on_main(lambda: bool(teacher_pairs(teacher, run.shape, n, **kwargs)), run.dist)
+    if run.pair_folder and run.dist.world > 1:       # rank 0 makes them, the others then read them
+        distributed.on_main(lambda: _made(teacher, run.shape, n, kwargs), run.dist)
     return teacher_pairs(teacher, run.shape, n, **kwargs)
+
+
+def _made(teacher, shape, n, kwargs):
+    """teacher_pairs for on_main, whose other ranks must hear of any failure as one FewstepError line."""
+    try:
+        return bool(teacher_pairs(teacher, shape, n, **kwargs))
+    except (ValueError, RuntimeError, OSError) as e:
+        raise FewstepError(f"cannot make the teacher pairs: {e}") from None

@@ -16,7 +16,7 @@ import os
 import sys
 
 from .checkpoint import make_dir, write_json
-from .errors import FewstepError
+from .errors import FewstepError, Interrupted
 from .train import train
 
 LINEAGE = "lineage.json"
@@ -51,6 +51,9 @@ def train_progressive(cfg, out, resume=False, progress=True):
         if progress:
             print(f"pd round {r}/{len(steps)}: {2 * N} -> {N} steps -> {run}", file=sys.stderr, flush=True)
         round_cfg = dataclasses.replace(cfg, teacher=teacher, method_kwargs={**cfg.method_kwargs, "N": N, "N0": N0})
-        state = train(round_cfg, run, resume=resume, progress=progress)
+        try:
+            state = train(round_cfg, run, resume=resume, progress=progress)
+        except (FewstepError, Interrupted) as e:         # the way back is every round, not this one alone
+            raise type(e)(f"{e} [round {r}/{len(steps)}; to continue every round: fewstep resume {out}]") from None
         teacher = os.path.abspath(run)
     return state

@@ -179,7 +179,7 @@ def load_teacher(run_dir):
     model, cfg = load_model(run_dir)
     if not model.kind.teacher:
         raise FewstepError(f"teacher run {run_dir} was trained with {cfg.method!r}, not a diffusion teacher; "
-                           "pass a run trained with edm or ddpm")
+                           "pass a run whose model is a denoiser (edm, ddpm, pd, rf, reflow, ctm)")
     return model, cfg
 
 

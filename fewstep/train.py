@@ -135,6 +135,10 @@ def _load_teacher(cfg, net, dist_info):
     teacher, teacher_cfg = load_teacher(cfg.teacher)
     teacher = teacher.to(dist_info.device)
     check_teacher_shape(cfg, teacher, net)
+    if cfg.init_from_teacher and METHODS[cfg.method].starts_from_teacher and not isinstance(teacher.process, VE):
+        raise FewstepError(f"method {cfg.method!r} starts from its teacher's weights, which a {teacher_cfg.method!r} "
+                           f"({teacher.process.name}) network cannot give an EDM-preconditioned student; distill a "
+                           "teacher trained with edm (or a run made from one)")
     if cfg.init_from_teacher and isinstance(teacher.process, VE):      # same network inputs as the student
         try:
             state = teacher.net.state_dict()

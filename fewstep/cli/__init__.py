@@ -158,10 +158,25 @@ def cmd_train(args):
 def cmd_resume(args):
     """Continue a run from its folder alone; --steps N trains it to step N (default: the steps it was given)."""
     from ..runs import CHECKPOINT, load_config
+    if os.path.isfile(os.path.join(args.run, "lineage.json")) and not os.path.isfile(os.path.join(args.run, "config.json")):
+        return resume_rounds(args)
     cfg = load_config(args.run).flat()
     if not os.path.isfile(os.path.join(args.run, CHECKPOINT)):
         raise FewstepError(f"{args.run} has no checkpoint to resume (it stopped before its first one); start it "
                            f"again with fewstep train {cfg['method']} --out {args.run} --resume")
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+    run_training(cfg, args.run, resume=True, quiet=args.quiet)
+
+
+def resume_rounds(args):
+    """`fewstep resume OUT` on progressive distillation's rounds: every round again from round 1's config,
+    finished rounds kept, the interrupted one continued, the rest trained."""
+    from ..checkpoint import read_json
+    from ..config import TrainConfig
+    first = read_json(os.path.join(args.run, "lineage.json"), "rounds list", kind=dict)["rounds"][0]["run"]
+    cfg = TrainConfig.from_run(read_json(os.path.join(first, "config.json"), "run config", kind=dict)).flat()
+    cfg["method_kwargs"] = {k: v for k, v in cfg["method_kwargs"].items() if k != "N"}
     if args.steps is not None:
         cfg["steps"] = args.steps
     run_training(cfg, args.run, resume=True, quiet=args.quiet)
@@ -464,7 +479,8 @@ class _RepeatedInterrupt:
     def _raise(cls, signum, frame):
         import signal
         cls.fired = True
-        signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+        importing = any("importlib" in f.f_code.co_filename for f in _frames(frame))
+        signal.setitimer(signal.ITIMER_REAL, *((0.5, 0.5) if importing else (0, 0)))   # repeat only while importing
         raise KeyboardInterrupt
 
     def stop(self):
@@ -477,6 +493,12 @@ class _RepeatedInterrupt:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _frames(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 def main(argv=None):

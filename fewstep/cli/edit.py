@@ -15,7 +15,7 @@ from ..data.images import _unreadable
 from ..editing import (LUMA, Colorization, Inpainting, SuperResolution, box_hole, denoise, interpolate,
                       solve_inverse, stroke_guided)
 from ..errors import FewstepError
-from ..generate import pick_sampler
+from ..generate import pick_sampler, run_process
 from ..outputs import check_outputs, output_dir
 from ..plots import image_grid, save_image
 from ..runs import build_dataset, load_model
@@ -176,16 +176,17 @@ def run_edit(args):
     if args.steps is not None and args.steps < 1:
         raise FewstepError(f"--steps must be at least 1, got {args.steps}")
     cm = pick_sampler(cfg, args.sampler) in ("consistency", "gamma")      # few-step samplers
+    ode_steps = getattr(run_process(model, cfg), "N", 18)                  # a PD round walks its own grid
     if args.task == "interpolate":
         if args.input or args.from_data:
             raise FewstepError("interpolate mixes two seeds' noise (--seeds) and takes no input images; leave out "
                                "--input and --from-data" + (" and pass --label K" if cfg.cond else ""))
         strip, nfe = interpolate(model, cfg, parse_ints(args.seeds, 2, "--seeds"), args.frames,
-                                 args.steps or (1 if cm else 18), sampler=args.sampler, cond=_cond(cfg, None, 1, args))
+                                 args.steps or (1 if cm else ode_steps), sampler=args.sampler, cond=_cond(cfg, None, 1, args))
         return _write(args, [strip], [strip], nfe, ncol=args.frames)
     images, paths, labels = _inputs(args, cfg)
     reference = torch.stack(images) if args.from_data else None
-    steps = args.steps or (INVERSE_STEPS if cm else 18)
+    steps = args.steps or (INVERSE_STEPS if cm else ode_steps)
     if args.task in ("inpaint", "colorize", "superres"):
         c, m, view = observe(args.task, args, images, paths, shape)
         x, nfe = solve_inverse(model, cfg, _repeat(m, k), c, steps, sampler=args.sampler, generator=g,
@@ -198,7 +199,7 @@ def run_edit(args):
         cond = _cond(cfg, _repeat(labels, k), len(y) * k, args)
         if args.task == "stroke":
             view = strokes_from(y) if args.from_data else y
-            x, nfe = stroke_guided(model, cfg, _repeat(view, k), sigma, args.steps or (1 if cm else 18), sampler=args.sampler, generator=g, cond=cond)
+            x, nfe = stroke_guided(model, cfg, _repeat(view, k), sigma, args.steps or (1 if cm else ode_steps), sampler=args.sampler, generator=g, cond=cond)
         else:
             if args.from_data or args.add_noise:
                 y = y + sigma * torch.randn(y.shape, generator=g)

@@ -45,6 +45,7 @@ class AdversarialDistillation(Method):
     student's) learns with the hinge loss and an R1 penalty on real images."""
 
     produces, process = GENERATOR, VE
+    starts_from_teacher = True
     groups = {"net": Group(("net",)), "disc": Group(("disc",), betas=(0.0, 0.99))}
 
     def __init__(self, teacher, levels=4, adv_weight=0.5, r1=0.1, disc_width=128, distance="l2",

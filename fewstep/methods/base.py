@@ -41,6 +41,7 @@ class Method:
     sample_module = "net"           # the module whose sampling EMA ("ema") is the run's model
     conditions = ()                 # names of the scalar conditions its batches supply (LCM: "w"; net.scalars)
     net_scalars = ()                # scalar conditions its network must embed (CTM: "s"), added to net.scalars
+    starts_from_teacher = False     # distillation that only works from the teacher's weights (PD, DMD, SDS, ADD, CTM)
 
     def emas(self):
         return {}

@@ -60,6 +60,7 @@ class ProgressiveDistillation(Method):
     `fewstep train pd` runs the rounds N = N0/2, N0/4, ..., 1, each round's student teaching the next."""
 
     produces, process = DENOISER, HalvingGrid
+    starts_from_teacher = True
 
     def __init__(self, teacher, N=32, N0=64, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO,
                  sigma_data=SIGMA_DATA):
@@ -67,6 +68,10 @@ class ProgressiveDistillation(Method):
                 and (N0 // N) & (N0 // N - 1) == 0):
             raise ValueError(f"progressive distillation halves a grid: N0 / N must be a power of two with "
                              f"1 <= N < N0, got N={N}, N0={N0}")
+        theirs = getattr(teacher, "process", None)
+        if isinstance(theirs, HalvingGrid) and (theirs.N != 2 * N or theirs.N0 != N0):
+            raise ValueError(f"the teacher is the progressive-distillation round of N={theirs.N}, N0={theirs.N0}; the "
+                             f"next round takes N={theirs.N // 2}, N0={theirs.N0}")
         grid = HalvingGrid(N, N0)
         self.teacher, self.N, self.sigma_data = teacher, N, sigma_data
         self.t = grid.sampling_grid(2 * N, sigma_min, sigma_max, rho)       # the teacher's 2N steps

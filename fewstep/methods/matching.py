@@ -12,15 +12,15 @@ In VE coordinates a score is s(x_t) = (D(x_t, sigma) - x_t) / sigma^2, so s_fake
 import torch
 
 from ..kinds import GENERATOR
+from ..pairs import check_pair_options, run_pairs
 from ..precond import append_dims
 from ..processes import VE
-from ..schedules import RHO, SIGMA_MAX, SIGMA_MIN
+from ..schedules import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from .adversarial import GANHead
 from .base import Group, Method
 from .common import make_distance, randn_like, split_batch
 from .diffusion import EDMLoss
 from .distill import one_step, pair_batch
-from ..pairs import check_pair_options, run_pairs
 
 
 def noise_levels(n, generator, t_min, t_max, sigma_min, sigma_max, rho):
@@ -60,11 +60,12 @@ class DistributionMatching(Method):
     GAN term (a discriminator on real against generated samples, hinge loss with R1)."""
 
     produces, process = GENERATOR, VE
+    starts_from_teacher = True
     groups = {"net": Group(("net",)), "fake": Group(("fake",))}
 
     def __init__(self, teacher, reg_weight=0.25, pairs=4096, pair_sampler=None, pair_steps=None, fake_updates=1,
                  fake_lr=None, gan_weight=0.0, r1=0.1, t_min=0.02, t_max=0.98, distance="l2",
-                 sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, c=None):
+                 sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, sigma_data=SIGMA_DATA, c=None):
         if not 0 <= t_min < t_max <= 1:
             raise ValueError(f"DMD needs 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
         if not (isinstance(fake_updates, int) and fake_updates >= 1):
@@ -73,7 +74,7 @@ class DistributionMatching(Method):
         self.teacher, self.reg_weight, self.n_pairs = teacher, reg_weight, pairs
         self.pair_sampler, self.pair_steps, self.gan_weight = pair_sampler, pair_steps, gan_weight
         self.levels = dict(t_min=t_min, t_max=t_max, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
-        self.sigma_max, self.d, self.fake_loss = sigma_max, make_distance(distance, c=c), EDMLoss()
+        self.sigma_max, self.d, self.fake_loss = sigma_max, make_distance(distance, c=c), EDMLoss(sigma_data=sigma_data)
         self.groups = {"net": Group(("net",)), "fake": Group(("fake",), lr=fake_lr, updates=fake_updates)}
         self.gan = GANHead(r1) if gan_weight > 0 else None
         if self.gan:
@@ -84,7 +85,7 @@ class DistributionMatching(Method):
 
     def build(self, net, make_model):
         fake = make_model()
-        fake.load_state_dict(net.state_dict())          # the student's start: the teacher's weights
+        fake.load_state_dict(net.state_dict())          # the student's start: the teacher's weights (init_from_teacher)
         return {"net": net, "fake": fake, **({"disc": self.gan.build(net)} if self.gan else {})}
 
     def generate(self, G, x, cond, generator):
@@ -119,7 +120,7 @@ class DistributionMatching(Method):
 
 
 class ScoreDistillation(DistributionMatching):
-    """SDS (seed 003): DMD's gradient with no fake network. estimator="single": s_fake = -eps / sigma, the
+    """SDS (seed 003): DMD's gradient (and its data-dependent weight 1 / mean|x - D_real|) with no fake network. estimator="single": s_fake = -eps / sigma, the
     score of the one sample that made x_t (D_fake = x); estimator="batch": the sample-based estimate
     E[x | x_t] over the batch of independent generator samples (sample_denoiser). No regression loss."""
 

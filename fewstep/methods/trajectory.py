@@ -8,7 +8,7 @@ from ..kinds import TRAJECTORY
 from ..precond import append_dims
 from ..processes import VE
 from ..sampling import ode_step
-from ..schedules import RHO, SIGMA_MAX, SIGMA_MIN, cm_timesteps
+from ..schedules import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, cm_timesteps
 from .adversarial import GANHead
 from .base import Group, Method
 from .common import make_distance, randn_like, split_batch
@@ -28,6 +28,7 @@ class ConsistencyTrajectory(Method):
     its s-embedding at zero, so G(x, t, s) starts as the teacher's own Euler step from t to s."""
 
     produces, process = TRAJECTORY, VE
+    starts_from_teacher = True
     groups = {"net": Group(("net",))}
     conditions = ("s",)
     net_scalars = ("s",)                # the network embeds the jump's end time s
@@ -36,13 +37,13 @@ class ConsistencyTrajectory(Method):
         return {"target": ("net", self.mu)}
 
     def __init__(self, teacher, N=18, max_solver_steps=None, distance="l2", mu=0.95, lambda_dsm=1.0, gan_weight=0.0,
-                 r1=0.1, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, c=None):
+                 r1=0.1, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, sigma_data=SIGMA_DATA, c=None):
         if not (isinstance(N, int) and N >= 2):
             raise ValueError(f"N (the grid's points) must be an integer >= 2, got {N!r}")
         if max_solver_steps is not None and not (isinstance(max_solver_steps, int) and max_solver_steps >= 1):
             raise ValueError(f"max_solver_steps must be a positive integer or null, got {max_solver_steps!r}")
         self.teacher, self.N, self.max_solver_steps, self.mu_value = teacher, N, max_solver_steps, mu
-        self.lambda_dsm, self.gan_weight, self.dsm = lambda_dsm, gan_weight, EDMLoss()
+        self.lambda_dsm, self.gan_weight, self.dsm = lambda_dsm, gan_weight, EDMLoss(sigma_data=sigma_data)
         self.t = cm_timesteps(N, sigma_min, sigma_max, rho)                 # ascending: t[0] = sigma_min
         self.sigma_min, self.d = sigma_min, make_distance(distance, c=c)
         self.gan = GANHead(r1) if gan_weight > 0 else None

@@ -1,7 +1,6 @@
 """A small discriminator for the adversarial terms (ADD, DMD2's GAN head; seed 003). Its features are its
 own, trained from scratch: never the classifier that fewstep's FD measures with (that would tune the metric)."""
 
-import torch
 from torch import nn
 
 
