@@ -54,6 +54,7 @@ class TrainState:
     k: int = 0                      # training steps taken
     saved_k: int = None             # step of the last checkpoint written or restored (None: none yet)
     start_k: int = 0                # the step this call started from (> 0 when resumed)
+    context: object = None          # what Method.prepare sees: cfg, sample shape, classes, device, pair folder
 
     @property
     def my_streams(self):
@@ -81,10 +82,11 @@ class TrainState:
         return [p for m in self.modules.values() for p in m.parameters()]
 
 
-def build_state(cfg, teacher=None, dist_info=None):
+def build_state(cfg, teacher=None, dist_info=None, prepare=True):
     """Everything a run needs, freshly initialised from cfg. Distillation loads the teacher run
     cfg.teacher, unless `teacher` passes a denoiser D(x, sigma, **cond) directly (then cfg.teacher is
-    only its label in config.json)."""
+    only its label in config.json). prepare=False leaves the method's prepare() (teacher pairs) to
+    prepare_method(state), so a finished run that is only reopened makes nothing."""
     cfg = cfg.resolved().validate()
     dist_info = dist_info or distributed.Dist()
     torch.manual_seed(cfg.seed)     # the global RNG drives network init; dropout runs on the streams' generators
@@ -100,10 +102,6 @@ def build_state(cfg, teacher=None, dist_info=None):
     run = types.SimpleNamespace(cfg=cfg, shape=sample_shape(net.net) if hasattr(net, "net") else None,
                                 device=dist_info.device, dist=dist_info, pair_folder=_pair_folder(cfg, teacher),
                                 num_classes=getattr(data, "num_classes", 0) if cfg.cond else 0)
-    try:
-        method.prepare(run)
-    except (TypeError, ValueError) as e:
-        raise FewstepError(f"bad options for method {cfg.method!r}: {e}") from None
     modules = method.build(net, lambda: _placed(build_model(cfg, data), data, dist_info))
     emas = {name: (EMA(modules[src], rate), src) for name, (src, rate) in method.emas().items()}
     emas[SAMPLING_EMA] = (EMA(modules[method.sample_module], functools.partial(ema_warmup, cfg.ema)), method.sample_module)
@@ -113,8 +111,19 @@ def build_state(cfg, teacher=None, dist_info=None):
     params = {name: optim.group_parameters(modules, group) for name, group in method.groups.items()}
     optimizers = {name: optim.make_optimizer(params[name], cfg, group) for name, group in method.groups.items()}
     generators = {r: torch.Generator().manual_seed(cfg.seed + 1 + r) for r in range(cfg.streams)}
-    return TrainState(cfg=cfg, method=method, modules=modules, emas=emas, optimizers=optimizers, params=params,
-                      data=data, generators=generators, dist=dist_info)
+    state = TrainState(cfg=cfg, method=method, modules=modules, emas=emas, optimizers=optimizers, params=params,
+                       data=data, generators=generators, dist=dist_info, context=run)
+    if prepare:
+        prepare_method(state)
+    return state
+
+
+def prepare_method(state):
+    """The method's prepare() (a distillation's teacher pairs), with one line for what makes it fail."""
+    try:
+        state.method.prepare(state.context)
+    except (TypeError, ValueError) as e:
+        raise FewstepError(f"method {state.cfg.method!r} cannot start: {e}") from None
 
 
 def _pair_folder(cfg, teacher):
@@ -411,7 +420,7 @@ def train(cfg, run_dir, resume=False, progress=True, teacher=None):
     state = None
     try:
         cfg, ckpt_to_resume = distributed.on_main(lambda: prepare_run_dir(cfg.validate(), run_dir, resume), dist_info)
-        state = build_state(cfg, teacher, dist_info)
+        state = build_state(cfg, teacher, dist_info, prepare=False)
         if ckpt_to_resume:
             restore(state, ckpt_to_resume)
             if state.k > cfg.steps:
@@ -419,6 +428,7 @@ def train(cfg, run_dir, resume=False, progress=True, teacher=None):
                                    f"{state.k} or more (nothing was changed)")
             if state.k == cfg.steps:
                 return state            # nothing to train: every file stays as it is
+        prepare_method(state)
         distributed.on_main(lambda: _start_files(state, run_dir, ckpt_to_resume), dist_info)
         _run(state, run_dir, progress)
     except BaseException as e:
