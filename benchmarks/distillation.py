@@ -122,16 +122,20 @@ def plan_fmnist(budget, pairs):
         "dmd": ("dmd", "teacher", pairs_kw, budget, (1,)),
         "sds": ("sds", "teacher", {}, budget, (1,)),
         "add": ("add", "teacher", {}, budget, (1, 2, 4)),
+        "ctm": ("ctm", "teacher", {}, budget, (1, 2, 4, 8)),
+        "ctm, no DSM": ("ctm", "teacher", {"lambda_dsm": 0.0}, budget, (1, 2, 4, 8)),
     }
 
 
-def measure_fmnist(out, budget, n, pairs):
+def measure_fmnist(out, budget, n, pairs, names=None):
     from fewstep.evaluate import crop_to, reference_features, sample_images
     from fewstep.metrics.fd import extract_features, fd_from_features
     from fewstep.metrics.features import load_feature_net
     from fewstep.metrics.precision_recall import precision_recall
     from fewstep.plots import image_grid
     runs = plan_fmnist(budget, pairs)
+    if names:                                   # a subset (the teacher always: the others need it)
+        runs = {k: v for k, v in runs.items() if k == "teacher" or k in names}
     base = dict(data="fashion-mnist", net="unet", net_kwargs={"config": "cpu-tiny"}, batch=64, lr=5e-4,
                 log_every=50, ckpt_every=250)
     done = train_all(os.path.join(out, "fmnist"), base, runs, list(runs))
@@ -140,13 +144,14 @@ def measure_fmnist(out, budget, n, pairs):
     rows = {}
     samplings = [(name, method, None, steps) for name, (method, _, _, _, counts) in runs.items() for steps in counts or ()]
     samplings += [("teacher, heun", "edm", "heun", 18), ("teacher, euler", "edm", "euler", 4)]
+    samplings += [(f"{name}, Heun on g(x, t, t)", "ctm", "heun", 18) for name in runs if runs[name][0] == "ctm"]
     for name, method, sampler, steps in samplings:
-        path = done["teacher" if name.startswith("teacher") else name][0]
+        path = done["teacher" if name.startswith("teacher") else name.split(", Heun")[0]][0]
         model, cfg = load_model(sampled_run(path, method, steps))
         x, nfe, rate = sample_images(model, cfg, n, steps, sampler=sampler)
         feats = extract_features(feature_net, crop_to(x, 28))
         rows[name, steps] = [{"fd": fd_from_features(feats, ref), **precision_recall(ref, feats, k=3), "nfe": nfe,
-                              "images_per_sec": rate, "train_s": done["teacher" if name.startswith("teacher") else name][1]}]
+                              "images_per_sec": rate, "train_s": done["teacher" if name.startswith("teacher") else name.split(", Heun")[0]][1]}]
         image_grid(x[:100], os.path.join(out, f"fmnist_{folder(name)}_{steps}.png"), nrow=10)
         print(f"[distill] {name} {steps} steps: FD {rows[name, steps][0]['fd']:.2f}", file=sys.stderr, flush=True)
     return rows
@@ -237,15 +242,17 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=4000, help="samples per row")
     p.add_argument("--pairs", type=int, default=8192)
     p.add_argument("--pair-steps", type=int, default=18)
+    p.add_argument("--methods", help="fmnist: only these runs (comma-separated names of the plan), e.g. cd,ctm")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     if args.data == "fmnist":
-        rows = measure_fmnist(args.out, args.budget, args.n, args.pairs)
+        rows = measure_fmnist(args.out, args.budget, args.n, args.pairs, args.methods and args.methods.split(","))
+        only = f" --methods '{args.methods}'" if args.methods else ""
         text = (f"Command: `python benchmarks/distillation.py fmnist --out {args.out} --budget {args.budget} --n {args.n} "
-                f"--pairs {args.pairs}`; {time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch "
+                f"--pairs {args.pairs}{only}`; {time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch "
                 f"{torch.__version__}, {torch.get_num_threads()} threads; {(time.perf_counter() - t0) / 60:.0f} min.\n\n"
                 f"{markdown_fmnist(rows)}\n")
-        with open(os.path.join(args.out, "fmnist.md"), "w") as f:
+        with open(os.path.join(args.out, "fmnist_ctm.md" if args.methods else "fmnist.md"), "w") as f:
             f.write(text)
         return print(text)
     if args.data == "ctm":
