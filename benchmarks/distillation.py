@@ -122,7 +122,7 @@ def plan_fmnist(budget, pairs):
         "dmd": ("dmd", "teacher", pairs_kw, budget, (1,)),
         "sds": ("sds", "teacher", {}, budget, (1,)),
         "add": ("add", "teacher", {}, budget, (1, 2, 4)),
-        "ctm": ("ctm", "teacher", {}, budget, (1, 2, 4, 8)),
+        "ctm": ("ctm", "teacher", {"lambda_dsm": 1.0}, budget, (1, 2, 4, 8)),
         "ctm, no DSM": ("ctm", "teacher", {"lambda_dsm": 0.0}, budget, (1, 2, 4, 8)),
     }
 
@@ -170,11 +170,12 @@ def plan_ctm(budget):
     return {
         "teacher": ("edm", None, {}, 2 * budget, None),
         "cd": ("cd", "teacher", {"N": 18}, budget, (1, 2, 4, 8)),
-        "ctm": ("ctm", "teacher", {}, budget, (1, 2, 4, 8)),
-        "ctm, local (max_solver_steps=1)": ("ctm", "teacher", {"max_solver_steps": 1}, budget, (1, 2, 4, 8)),
+        "ctm": ("ctm", "teacher", {"lambda_dsm": 1.0}, budget, (1, 2, 4, 8)),
+        "ctm, local (max_solver_steps=1)": ("ctm", "teacher", {"max_solver_steps": 1, "lambda_dsm": 1.0}, budget,
+                                            (1, 2, 4, 8)),
         "ctm, DSM 0.1": ("ctm", "teacher", {"lambda_dsm": 0.1}, budget, (1, 2, 4, 8)),
         "ctm, no DSM": ("ctm", "teacher", {"lambda_dsm": 0.0}, budget, (1, 2, 4, 8)),
-        "ctm, GAN 0.1": ("ctm", "teacher", {"gan_weight": 0.1}, budget, (1, 2, 4, 8)),
+        "ctm, GAN 0.1": ("ctm", "teacher", {"gan_weight": 0.1, "lambda_dsm": 1.0}, budget, (1, 2, 4, 8)),
     }
 
 

@@ -527,7 +527,7 @@ def test_impossible_taus(cli, runs, tau):
 def test_taus_given_to_a_teacher(cli, runs):
     before = snapshot(runs.edm)
     assert_one_line_error(cli("sample", runs.edm, "--tau", "80,1", "--n", 10),
-                          "--tau lists the time points of a consistency model", "samples with --steps (and --sampler)")
+                          "--tau lists the time points of a consistency or trajectory model", "samples with --steps (and --sampler)")
     assert snapshot(runs.edm) == before
 
 

@@ -142,6 +142,8 @@ def fm_teacher(request, tmp_path_factory):
 @pytest.mark.parametrize("name", ["kd", "pd", "reflow", "dmd2", "sds-batch", "add", "ctm"])
 def test_fmnist_train_sample_eval(name, fm_teacher, tmp_path):
     teacher, variant = fm_teacher
+    if variant == "conditional" and name not in ("kd", "sds-batch", "ctm"):     # labels through pairs, the
+        pytest.skip("the conditional variant runs for kd, sds-batch and ctm (pairs, estimator, trajectory)")
     run, options = tmp_path / name, METHODS[name]
     train = fewstep if (variant, name) == ("unconditional", "kd") else cli         # one real subprocess
     ok(train("train", method_of(name), "--teacher", teacher, *IMAGES, *VARIANTS[variant], *options, "--out", run))

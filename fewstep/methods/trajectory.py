@@ -23,9 +23,11 @@ class ConsistencyTrajectory(Method):
     in data space with the distance d; Solver runs the teacher's Heun steps from t down to u (one step:
     local consistency, like CD; all the way to s: global), at most `max_solver_steps` of them (None: u
     uniform on [s, t) as in the paper). G_sg is the EMA target (rate mu). Plus lambda_dsm times EDM's
-    denoising loss on g(x, t, t) (without it g gets no signal as a denoiser) and, with gan_weight > 0, the
-    hinge GAN loss of a discriminator on x_est against real data. The student starts from the teacher with
-    its s-embedding at zero, so G(x, t, s) starts as the teacher's own Euler step from t to s."""
+    denoising loss on g(x, t, t) (without it g gets no signal as a denoiser; 0.1 by default: at 1 the
+    EDM-weighted term outweighs the data-space CTM loss and blurs G's jumps, see docs/BENCHMARKS.md) and,
+    with gan_weight > 0, the hinge GAN loss of a discriminator on x_est against real data. The student
+    starts from the teacher with its s-embedding at zero, so G(x, t, s) starts as the teacher's own Euler
+    step from t to s."""
 
     produces, process = TRAJECTORY, VE
     starts_from_teacher = True
@@ -36,7 +38,7 @@ class ConsistencyTrajectory(Method):
     def emas(self):
         return {"target": ("net", self.mu)}
 
-    def __init__(self, teacher, N=18, max_solver_steps=None, distance="l2", mu=0.95, lambda_dsm=1.0, gan_weight=0.0,
+    def __init__(self, teacher, N=18, max_solver_steps=None, distance="l2", mu=0.95, lambda_dsm=0.1, gan_weight=0.0,
                  r1=0.1, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, sigma_data=SIGMA_DATA, c=None):
         if not (isinstance(N, int) and N >= 2):
             raise ValueError(f"N (the grid's points) must be an integer >= 2, got {N!r}")
