@@ -215,6 +215,10 @@ class TrainConfig:
             raise FewstepError(f"method option K (the curriculum's length in steps) must be a positive integer, "
                                f"got {self.method_kwargs['K']!r}")
         scalars = self.net_kwargs.get("scalars") or []
+        needed = sorted(set(METHODS[self.method].net_scalars) - set(scalars))
+        if needed and "scalars" in self.net_kwargs:
+            raise FewstepError(f"method {self.method!r} needs its network to embed {needed}; leave net.scalars out "
+                               "(the method adds it)")
         missing = sorted(set(scalars) - set(METHODS[self.method].conditions))
         if missing:
             raise FewstepError(f"net.scalars {missing}: method {self.method!r} supplies no such condition (it supplies "

@@ -74,7 +74,7 @@ def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=Non
     model, cfg = load_model(run)
     classifier = load_classifier(classifier_run) if classifier_run else None
     check_evaluable(run, model, cfg, guidance, classifier)
-    check_sampling(cfg, sampler, model=model, steps=steps)
+    check_sampling(cfg, sampler, model=model, steps=steps, gamma=gamma)
     check_outputs(out, OUTPUTS, overwrite)
     if out is not None:
         make_dir(out)               # an unwritable --out fails now, not after sampling

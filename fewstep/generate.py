@@ -53,11 +53,14 @@ def pick_sampler(cfg, sampler=None):
     return sampler
 
 
-def check_sampling(cfg, sampler=None, taus=None, model=None, steps=()):
+def check_sampling(cfg, sampler=None, taus=None, model=None, steps=(), gamma=0.0):
     """The sampler to use (see pick_sampler), before any output is written: explicit time points are for
     consistency models only, and they, or the grid of each step count, must be valid (checked when `model`
     is given: a progressive-distillation run samples on divisors of its grid only)."""
     sampler = pick_sampler(cfg, sampler)
+    if gamma and sampler != "gamma":
+        raise FewstepError(f"--gamma is the parameter of CTM's gamma-sampling; this run samples with {sampler!r} "
+                           "(leave --gamma out, or sample a ctm run with --sampler gamma)")
     if taus is not None and sampler not in ("consistency", "gamma"):
         raise FewstepError(f"--tau lists the time points of a consistency or trajectory model; this {cfg.method!r} "
                            "run samples with --steps (and --sampler)")

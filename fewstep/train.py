@@ -149,8 +149,14 @@ def _load_teacher(cfg, net, dist_info):
                            f"({teacher.process.name}) network cannot give an EDM-preconditioned student; distill a "
                            "teacher trained with edm (or a run made from one)")
     if cfg.init_from_teacher and isinstance(teacher.process, VE):      # same network inputs as the student
+        state = teacher.net.state_dict()
+        theirs = sorted({k.split(".")[1] for k in state if k.split(".")[0] in ("scalar_emb", "map_scalar")}
+                        - set(METHODS[cfg.method].net_scalars))
+        if theirs:
+            raise FewstepError(f"the teacher {cfg.teacher} is a {teacher_cfg.method!r} run whose network embeds {theirs}, "
+                               f"which a {cfg.method!r} student's does not; start the student fresh with --set "
+                               "init_from_teacher=false")
         try:
-            state = teacher.net.state_dict()
             load_state(net.net, {**state, **_own_scalar_embeddings(net.net, state)}, cfg.teacher)
         except FewstepError:
             raise FewstepError(f"the teacher {cfg.teacher} is a {teacher_cfg.net} {json.dumps(teacher_cfg.net_kwargs)} "
@@ -376,7 +382,11 @@ def _student_network(cfg):
     if not (cfg.teacher and cfg.init_from_teacher and not cfg.net_kwargs and os.path.isfile(path)):
         return cfg
     teacher = load_config(cfg.teacher)
-    return dataclasses.replace(cfg, net_kwargs=dict(teacher.net_kwargs)) if teacher.net == cfg.net else cfg
+    if teacher.net != cfg.net:
+        return cfg
+    kwargs = dict(teacher.net_kwargs)
+    kwargs.pop("scalars", None)         # the teacher's own conditions (CTM's s); the student's come from its method
+    return dataclasses.replace(cfg, net_kwargs=kwargs)
 
 
 def check_out_dir(run_dir):
@@ -547,6 +557,8 @@ def _log(state, run_dir, losses, seconds, bar, writer):
               "sec_per_step": seconds / len(losses), "samples_per_sec": state.cfg.batch * len(losses) / max(seconds, 1e-9)}
     if state.target is not None:
         record["mu"] = state.target.mu(state.k)
+    if hasattr(state.method, "calls_per_sample"):          # CTM: teacher evaluations per training sample
+        record["teacher_calls"] = state.method.calls_per_sample
     if hasattr(state.method, "N"):
         record["N"] = state.method.N(state.k) if callable(state.method.N) else state.method.N
     log_metrics(run_dir, record)

@@ -181,3 +181,17 @@ def test_fmnist_edit_with_a_ctm_run(fm_teacher, tmp_path):
     ok(cli("edit", "inpaint", run, "--from-data", "2", "--box", "7,7,21,21", *label, "--out", tmp_path / "e"))
     assert os.path.isfile(tmp_path / "e" / "inpaint.png")
     ok(cli("eval", run, "--steps", "2", "--gamma", "1", "--n", "20", "--out", tmp_path / "ev", "--quiet"))
+
+
+def test_a_ctm_run_as_a_teacher(toy_teacher, tmp_path):
+    ok(cli("train", "ctm", "--teacher", toy_teacher, *TOY, "--set", "N=6", "--steps", "2", "--out", tmp_path / "ctm"))
+    one_line_error(cli("train", "cd", "--teacher", tmp_path / "ctm", *TOY, "--steps", "2", "--out", tmp_path / "cd"),
+                   "embeds ['s']", "init_from_teacher=false")
+    assert not os.path.exists(tmp_path / "cd")
+    ok(cli("train", "kd", "--teacher", tmp_path / "ctm", *TOY, *PAIRS, "--set", "init_from_teacher=false",
+           "--steps", "2", "--out", tmp_path / "kd"))          # its g(x, t, t) teaches like a denoiser
+    one_line_error(cli("train", "ctm", "--teacher", toy_teacher, *TOY, "--set", "net.scalars=[]", "--steps", "2",
+                       "--out", tmp_path / "bad"), "needs its network to embed ['s']")
+    one_line_error(cli("sample", toy_teacher, "--gamma", "0.5", "--steps", "2"), "--gamma", "gamma-sampling")
+    record = read_json(os.path.join(tmp_path, "ctm", "config.json"))
+    assert record["network"]["options"]["scalars"] == ["s"]

@@ -225,7 +225,7 @@ def cmd_sample(args):
     steps = parse_steps(args.steps)
     taus = parse_taus(args.tau) if args.tau is not None else None
     model, cfg = load_model(args.run, args.which)
-    check_sampling(cfg, args.sampler, taus, model, steps)
+    check_sampling(cfg, args.sampler, taus, model, steps, args.gamma)
     out = output_dir(args.out, os.path.join(args.run, "samples"), ["metrics.json", "samples*.png", "steps*.pt"],
                      args.overwrite)         # after the checks: a command that cannot run leaves no folder
     if hasattr(getattr(model, "net", None), "img_shape"):       # the 2-D metrics below do not apply

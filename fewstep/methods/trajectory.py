@@ -51,6 +51,7 @@ class ConsistencyTrajectory(Method):
         self.gan = GANHead(r1) if gan_weight > 0 else None
         if self.gan:
             self.groups = {"net": Group(("net",)), "disc": Group(("disc",), betas=(0.0, 0.99))}
+        self.calls_per_sample = self.teacher_calls()           # logged with the losses (metrics.jsonl)
 
     def mu(self, k):
         return self.mu_value
