@@ -11,6 +11,7 @@ OUT/<data>.md, OUT/<data>.json and a picture of samples per method.
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -123,6 +124,7 @@ def plan_fmnist(budget, pairs):
         "sds": ("sds", "teacher", {}, budget, (1,)),
         "add": ("add", "teacher", {}, budget, (1, 2, 4)),
         "ctm": ("ctm", "teacher", {"lambda_dsm": 1.0}, budget, (1, 2, 4, 8)),
+        "ctm, DSM 0.1": ("ctm", "teacher", {"lambda_dsm": 0.1}, budget, (1, 2, 4, 8)),
         "ctm, no DSM": ("ctm", "teacher", {"lambda_dsm": 0.0}, budget, (1, 2, 4, 8)),
     }
 
@@ -243,11 +245,12 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=4000, help="samples per row")
     p.add_argument("--pairs", type=int, default=8192)
     p.add_argument("--pair-steps", type=int, default=18)
-    p.add_argument("--methods", help="fmnist: only these runs (comma-separated names of the plan), e.g. cd,ctm")
+    p.add_argument("--methods", help="fmnist: only these runs (names of the plan separated by commas without a "
+                   "space), e.g. 'cd,ctm,ctm, no DSM'")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     if args.data == "fmnist":
-        rows = measure_fmnist(args.out, args.budget, args.n, args.pairs, args.methods and args.methods.split(","))
+        rows = measure_fmnist(args.out, args.budget, args.n, args.pairs, args.methods and re.split(r",(?! )", args.methods))
         only = f" --methods '{args.methods}'" if args.methods else ""
         text = (f"Command: `python benchmarks/distillation.py fmnist --out {args.out} --budget {args.budget} --n {args.n} "
                 f"--pairs {args.pairs}{only}`; {time.strftime('%Y-%m-%d')}; {os.cpu_count()} CPU cores, torch "
