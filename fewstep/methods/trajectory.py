@@ -24,10 +24,10 @@ class ConsistencyTrajectory(Method):
     local consistency, like CD; all the way to s: global), at most `max_solver_steps` of them (None: u
     uniform on [s, t) as in the paper). G_sg is the EMA target (rate mu). Plus lambda_dsm times EDM's
     denoising loss on g(x, t, t) (without it g gets no signal as a denoiser; 0.1 by default: at 1 the
-    EDM-weighted term outweighs the data-space CTM loss and blurs G's jumps, see docs/BENCHMARKS.md) and,
-    with gan_weight > 0, the hinge GAN loss of a discriminator on x_est against real data. The student
-    starts from the teacher with its s-embedding at zero, so G(x, t, s) starts as the teacher's own Euler
-    step from t to s."""
+    EDM-weighted term blurs G's one-step jumps on 2-D data, though on images 1 serves multistep sampling
+    and g better, docs/BENCHMARKS.md) and, with gan_weight > 0, the hinge GAN loss of a discriminator on
+    x_est against real data. The student starts from the teacher with its s-embedding at zero, so
+    G(x, t, s) starts as the teacher's own Euler step from t to s."""
 
     produces, process = TRAJECTORY, VE
     starts_from_teacher = True
