@@ -551,6 +551,9 @@ def _close(code):
         if code == 0:
             dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)      # gloo's threads can still abort in C++ teardown at exit; every file is written by now
     return code
 
 
