@@ -119,8 +119,10 @@ def test_bad_options_are_one_line(args, phrases, toy_teacher, tmp_path):
 
 
 def test_a_distillation_without_teacher_is_one_line(tmp_path):
-    for method in ("kd", "pd", "reflow", "dmd", "sds", "add"):
-        one_line_error(cli("train", method, *TOY, "--out", tmp_path / method), "--teacher")
+    for method in ("kd", "pd", "reflow", "dmd", "sds", "add", "ctm"):
+        line = one_line_error(cli("train", method, *TOY, "--out", tmp_path / method), "--teacher")
+        assert f"method {method!r} distills a teacher" in line, line
+        assert not os.path.exists(tmp_path / method)          # nothing written
 
 #----------------------------------------------------------------------------
 # Fashion-MNIST, unconditional (the paths that broke before) and class-conditional.
