@@ -29,7 +29,7 @@ def fingerprint(model):
     return h.hexdigest()[:10]
 
 
-ODE_SAMPLERS = ("heun", "euler", "ddim")       # deterministic: a pair is the PF-ODE's map of its noise
+ODE_SAMPLERS = ("heun", "euler", "ddim", "dpm2", "dpmpp-2m")       # deterministic: a pair is the PF-ODE's map of its noise
 
 
 def check_pair_options(pairs, pair_steps, pair_sampler=None):

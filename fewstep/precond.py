@@ -128,3 +128,31 @@ class TrajectoryPrecond(nn.Module):
     def consistency(self, x, sigma, **cond):
         """f(x, t) = G(x, t, sigma_min)."""
         return self(x, sigma, s=torch.full_like(as_sigma(sigma, x), self.sigma_min), **cond)
+
+
+def lcm_scalings(t, timestep_scaling=10.0, sigma_data=0.5):
+    """LCM's boundary scalings on the discrete timestep t, 0 at the boundary (seed 004, "Parameterization for
+    more general noise schedule"; Luo et al. 2023): with u = timestep_scaling t, c_skip = sd^2 / (u^2 + sd^2) and
+    c_out = u / sqrt(u^2 + sd^2), so c_skip(0) = 1 and c_out(0) = 0 exactly."""
+    u = timestep_scaling * t
+    return sigma_data ** 2 / (u ** 2 + sigma_data ** 2), u / (u ** 2 + sigma_data ** 2).sqrt()
+
+
+class LCMPrecond(VPPrecond):
+    """A latent consistency model (seed 004): f(z, w, c, t) = c_skip(t) z + c_out(t) (z - sigma_t eps_hat) / alpha_t
+    with the eps-prediction network of `VPPrecond` on a discrete VP process and `lcm_scalings`. Called in VE
+    coordinates like every model (x = z / alpha_t, sigma = sigma_t / alpha_t); t is the process's timestep of
+    sigma counted from 0 (its first step, t = 1 here, is LCM's boundary: f(z, 0) = z); its output is the clean
+    estimate. The guidance scale w and class labels are conditions of the network (`w` a scalar embedding)."""
+
+    def __init__(self, net, process, timestep_scaling=10.0, sigma_data=0.5):
+        super().__init__(net, process)
+        self.timestep_scaling, self.sigma_data = timestep_scaling, sigma_data
+
+    def forward(self, x, sigma, **cond):
+        sigma = as_sigma(sigma, x)
+        x0 = super().forward(x, sigma, **cond)
+        t = self.process.t_of_ve_sigma(sigma.double()).round() - 1       # the discrete timestep, 0-based
+        c_skip, c_out = (append_dims(c.to(x.dtype), x.ndim) for c in lcm_scalings(t, self.timestep_scaling, self.sigma_data))
+        alpha = append_dims(1 / (1 + sigma ** 2).sqrt(), x.ndim)
+        return c_skip * (alpha * x) + c_out * x0

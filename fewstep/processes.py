@@ -147,17 +147,24 @@ class HalvingGrid(VE):
 
 
 class VPDiscrete:
-    """DDPM's discrete VP process: alpha_bar_t = prod_{i<=t} (1 - beta_i), t = 1..T (seed 002).
+    """DDPM's discrete VP process: alpha_bar_t = prod_{i<=t} (1 - beta_i), t = 1..T (seed 002); betas linear
+    (DDPM) or "scaled-linear" (Stable Diffusion's, the latent teacher LCM distills: seed 004).
 
     alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t); the VE noise level of step t is
     sqrt((1 - alpha_bar_t) / alpha_bar_t).
     """
 
     name = "vp-discrete"
+    SCHEDULES = ("linear", "scaled-linear")
 
-    def __init__(self, T=1000, beta_start=1e-4, beta_end=0.02):
-        self.T, self.beta_start, self.beta_end = int(T), float(beta_start), float(beta_end)
-        self.betas = torch.linspace(beta_start, beta_end, self.T, dtype=torch.float64)
+    def __init__(self, T=1000, beta_start=1e-4, beta_end=0.02, schedule="linear"):
+        if schedule not in self.SCHEDULES:
+            raise ValueError(f"unknown beta schedule {schedule!r}; choose one of {self.SCHEDULES}")
+        self.T, self.beta_start, self.beta_end, self.schedule = int(T), float(beta_start), float(beta_end), schedule
+        if schedule == "linear":                        # DDPM's betas
+            self.betas = torch.linspace(beta_start, beta_end, self.T, dtype=torch.float64)
+        else:                                           # Stable Diffusion's: linear in sqrt(beta) (0.00085 .. 0.012)
+            self.betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, self.T, dtype=torch.float64) ** 2
         self.alpha_bars = torch.cumprod(1 - self.betas, dim=0)         # index t-1 holds alpha_bar_t
         self.ve_sigmas = ((1 - self.alpha_bars) / self.alpha_bars).sqrt()
 
@@ -189,8 +196,23 @@ class VPDiscrete:
             raise ValueError(f"the strided schedule needs 1 <= S <= T={self.T}, got S={S}")
         return torch.linspace(self.T, 1, S).round().long().flip(0).unique()
 
+    def lcm_timesteps(self, k, steps=None):
+        """LCM's timesteps (seed 004, "skipping timesteps"): the training grid 1 < k < 2k < ... < T (its one
+        DDIM step spans k timesteps; the first step is the boundary), ascending; with `steps`, the sampling
+        schedule of `steps` of those from T down, evenly spaced as LCM's scheduler picks them."""
+        if not (isinstance(k, int) and 1 <= k <= self.T and self.T % k == 0):
+            raise ValueError(f"the skipping step k must divide T = {self.T}, got k={k!r}")
+        grid = torch.arange(k, self.T + 1, k)
+        if steps is None:
+            return torch.cat([torch.ones(1, dtype=torch.long), grid]).unique()
+        if not 1 <= steps <= len(grid):
+            raise ValueError(f"an LCM trained with k={k} samples with 1 to {len(grid)} steps, got {steps}")
+        picks = torch.linspace(0, len(grid), steps + 1, dtype=torch.float64)[:-1].floor().long()
+        return grid.flip(0)[picks]
+
     def config(self):
-        return {"name": self.name, "T": self.T, "beta_start": self.beta_start, "beta_end": self.beta_end}
+        return {"name": self.name, "T": self.T, "beta_start": self.beta_start, "beta_end": self.beta_end,
+                "schedule": self.schedule}
 
     # What a denoiser on this process samples with (fewstep.kinds.DENOISER asks).
     default_sampler = "ddim"

@@ -188,6 +188,48 @@ def initial_noise(shape, sigma_max, *, generator=None, vp=False, dtype=torch.flo
     return (scale * z).to(dtype)
 
 #----------------------------------------------------------------------------
+# DPM-Solver (Lu et al. 2022a, b; the LCM paper's teacher baselines, seed 004). In VE coordinates alpha = 1 and
+# lambda = -ln sigma, so the exponential integrators below are exact in x = x_t / alpha_t for every process.
+
+
+def sample_dpm2(D, x, sigmas, *, cond=None, generator=None, progress=False, project=None):
+    """DPM-Solver-2 (Lu et al. 2022a, the singlestep second-order solver with r = 1/2): per step, an Euler
+    step to the midpoint sigma_mid = sqrt(sigma sigma_next) (the half-way point in lambda = -ln sigma), then
+    the full step with the slope eps_hat there. With alpha = 1 the solver's x_t = x_s - sigma_t (e^h - 1)
+    eps_hat(u) is x_s + (sigma_t - sigma_s) eps_hat(u). The step to sigma = 0 (lambda = inf) is Euler's."""
+    dtype, work = x.dtype, _work_dtype(x)
+    x = x.to(work)
+    for sigma, sigma_next in _steps(sigmas, progress):
+        d = _slope(D, x, sigma, cond, dtype)
+        if sigma_next == 0:
+            x = x - sigma * d
+        else:
+            sigma_mid = math.sqrt(sigma * sigma_next)
+            x = x + (sigma_next - sigma) * _slope(D, x + (sigma_mid - sigma) * d, sigma_mid, cond, dtype)
+        x = _project(project, x, sigma_next)
+    return x.to(dtype)
+
+
+def sample_dpmpp_2m(D, x, sigmas, *, cond=None, generator=None, progress=False, project=None):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2, data prediction): with h_i = ln(sigma_i / sigma_{i+1}),
+    x_{i+1} = (sigma_{i+1} / sigma_i) x_i + (1 - sigma_{i+1} / sigma_i) D_i', where D_i' = (1 + 1/(2 r)) D_i
+    - 1/(2 r) D_{i-1} and r = h_{i-1} / h_i; the first step, and the step to sigma = 0, use D_i alone."""
+    dtype, work = x.dtype, _work_dtype(x)
+    x, D_prev, h_prev = x.to(work), None, None
+    for sigma, sigma_next in _steps(sigmas, progress):
+        D_i = _denoise(D, x, sigma, cond, dtype)
+        if sigma_next == 0:
+            x = D_i
+        else:
+            h = math.log(sigma / sigma_next)
+            D_eff = D_i if D_prev is None else D_i + (D_i - D_prev) / (2 * h_prev / h)
+            x = sigma_next / sigma * x + (1 - sigma_next / sigma) * D_eff
+            h_prev = h
+        D_prev = D_i
+        x = _project(project, x, sigma_next)
+    return x.to(dtype)
+
+#----------------------------------------------------------------------------
 # Annealed Langevin dynamics (seed 002; Song & Ermon 2019, Algorithm 1).
 
 
@@ -285,6 +327,21 @@ def sample_gamma(G, x, taus, *, gamma=0.0, sigma_min=SIGMA_MIN, cond=None, gener
             x = x + math.sqrt(t_next ** 2 - s ** 2) * _randn(x, generator)
     return x.to(dtype)
 
+def sample_lcm(f, x, sigmas, *, cond=None, generator=None, progress=False, project=None):
+    """LCM's multistep sampler (seed 004; Luo et al. 2023, Algorithm 3) over descending noise levels (of its
+    timesteps, `processes.VPDiscrete.lcm_timesteps`): x0 = f(x, sigma_0); then for each later level
+    x = x0 + sigma_n z (in VP coordinates z_n = alpha_n x0 + sigma_n eps) and x0 = f(x, sigma_n). Like
+    Algorithm 1, but noised to the level itself, as LCM's scheduler does."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
+    if not s or any(b >= a for a, b in zip(s, s[1:])) or s[-1] <= 0:
+        raise ValueError(f"LCM samples on strictly decreasing positive noise levels, got {s}")
+    dtype, work = x.dtype, _work_dtype(x)
+    generator = _generator(generator, x.device)
+    x = _project(project, _denoise(f, x.to(work), s[0], cond, dtype), 0.0)
+    for sigma in tqdm(s[1:], disable=None if progress else True):
+        x = _project(project, _denoise(f, x + sigma * _randn(x, generator), sigma, cond, dtype), 0.0)
+    return x.to(dtype)
+
 #----------------------------------------------------------------------------
 # Registry and cost.
 
@@ -294,19 +351,26 @@ SAMPLERS = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
     "langevin": sample_langevin,
+    "dpm2": sample_dpm2,
+    "dpmpp-2m": sample_dpmpp_2m,
 }
+# Samplers of few-step models, driven by the model's own parameterization rather than a denoiser:
+# multistep consistency sampling, CTM's gamma sampling and LCM's multistep sampler (seed 004).
+FEW_STEP_SAMPLERS = ("consistency", "gamma", "lcm")
 
 
 def nfe(name, sigmas, *, n_steps=LANGEVIN_STEPS, denoise=True):
     """Network evaluations of sampler `name` on the grid `sigmas` (taus for "consistency"). Heun costs
     2 per step but 1 on a step to 0: EDM's 18 steps ending in 0 cost 35."""
     s = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
-    if name in ("euler", "ddim", "ddpm"):
+    if name in ("euler", "ddim", "ddpm", "dpmpp-2m"):
         return len(s) - 1
+    if name == "dpm2":
+        return 2 * (len(s) - 1) - sum(1 for v in s[1:] if v == 0)
     if name == "heun":
         return 2 * (len(s) - 1) - sum(1 for v in s[1:] if v == 0)
     if name == "langevin":
         return n_steps * sum(1 for v in s if v > 0) + int(denoise)
-    if name in ("consistency", "gamma"):
+    if name in FEW_STEP_SAMPLERS:
         return len(s)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS) + ['consistency']}")
+    raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS) + list(FEW_STEP_SAMPLERS)}")
