@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The tests also need the optional extras (peft for LoRA, diffusers for interop); the demos do not.
+TEST_STAMP := $(VENV)/.installed-extras
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
@@ -28,6 +30,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,interop]"
+	touch $(TEST_STAMP)
 
 venv: $(STAMP)
 
@@ -60,7 +66,7 @@ demo-edit: $(SETUP) data
 bench: $(SETUP) data
 	$(PY) -m fewstep bench --out $(BENCH_OUT) $(BENCH_ARGS)
 
-test: $(STAMP) data
+test: $(TEST_STAMP) data
 	$(PY) -m pytest -q
 
 clean:
