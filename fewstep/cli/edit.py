@@ -18,7 +18,7 @@ from ..errors import FewstepError
 from ..generate import pick_sampler, run_process
 from ..outputs import check_outputs, output_dir
 from ..plots import image_grid, save_image
-from ..runs import build_dataset, load_model
+from ..runs import build_dataset, load_config, load_model
 
 INVERSE_STEPS = 8      # a CM re-imposes the observation after each of its steps: more steps, more coherent fills
 
@@ -161,6 +161,9 @@ def _repeat(x, k):
 
 
 def run_edit(args):
+    if load_config(args.run).data == "latents":
+        raise FewstepError(f"fewstep edit imposes measurements on pixels; {args.run} was trained on latents "
+                           "(data=latents): edit a run trained on the images themselves")
     if args.score:
         return run_scores(args)
     check_outputs(args.out, _outputs(args.task), args.overwrite)
