@@ -1,10 +1,13 @@
 """Raw networks: they see (x, c_noise, class_labels) and know nothing of noise schedules."""
 
+from .autoencoder import Autoencoder
 from .classifier import Classifier
+from .diffusers import DiffusersUNet
 from .mlp import MLP
 from .unet import UNet
 
-NETS = {"mlp": MLP, "unet": UNet, "classifier": Classifier}       # Network name (the config's `net`) -> class.
+NETS = {"mlp": MLP, "unet": UNet, "classifier": Classifier,
+        "autoencoder": Autoencoder, "diffusers": DiffusersUNet}       # Network name (the config's `net`) -> class.
 
 
 def sample_shape(net):
