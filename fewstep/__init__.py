@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "TrainConfig": "config", "FewstepError": "errors", "load_model": "runs", "karras_sigmas": "schedules",
     **{name: "sampling" for name in ("SAMPLERS", "consistency_taus", "sample_consistency", "sample_ddim",
-                                     "sample_ddpm", "sample_euler", "sample_heun", "sample_langevin")},
+                                     "sample_ddpm", "sample_euler", "sample_heun", "sample_langevin",
+                                     "sample_dpm2", "sample_dpmpp_2m")},
 }
 __all__ = sorted(_LAZY)
 

@@ -13,6 +13,7 @@ from .data import DATASETS, IMAGE_DATASETS
 from .errors import FewstepError
 from .methods import DISTILLATION, METHODS
 from .nets import NETS
+from .nets.diffusers import is_diffusers_folder
 from .optim import LR_DECAYS, OPTIMIZERS
 
 DEFAULT_BATCH = {"flat": 512, "images": 64}   # 64 images of 28 px fit a CPU step in well under a second
@@ -130,10 +131,16 @@ class TrainConfig:
         needs = list(getattr(METHODS.get(self.method), "net_scalars", ()))     # CTM's network embeds s
         if needs and "scalars" not in net_kwargs:
             net_kwargs["scalars"] = needs
+        for key in ("path", "config") if self.net == "diffusers" else ():     # its U-Net folder, from any directory
+            if isinstance(net_kwargs.get(key), str):
+                net_kwargs[key] = os.path.abspath(os.path.expanduser(net_kwargs[key]))
         data_kwargs = dict(self.data_kwargs)
-        if isinstance(data_kwargs.get("root"), str):        # a run must load from any working directory
-            data_kwargs["root"] = os.path.abspath(os.path.expanduser(data_kwargs["root"]))
+        for key in ("root", "autoencoder"):                 # a run must load from any working directory
+            if isinstance(data_kwargs.get(key), str):
+                data_kwargs[key] = os.path.abspath(os.path.expanduser(data_kwargs[key]))
         method_kwargs = {**self.method_defaults(), **self.method_kwargs} if self.method in METHODS else self.method_kwargs
+        if getattr(METHODS.get(self.method), "process_from_teacher", False):     # LCM: the teacher's T and betas
+            method_kwargs = {**method_kwargs, **teacher_process(self.teacher), **self.method_kwargs}
         return dataclasses.replace(self, batch=batch, net_kwargs=net_kwargs, data_kwargs=data_kwargs,
                                    method_kwargs=method_kwargs, lr_decay_steps=self.lr_decay_steps or self.steps)
 
@@ -187,6 +194,9 @@ class TrainConfig:
             raise FewstepError("label_dropout needs a class-conditional run; add --set cond=true")
         if (self.method == "classifier") != (self.net == "classifier") or (self.method == "classifier" and not self.cond):
             raise FewstepError("a guidance classifier trains with: fewstep train classifier --net classifier --set cond=true")
+        if (self.method == "vae") != (self.net == "autoencoder") or (self.method == "vae" and self.cond):
+            raise FewstepError("a latent autoencoder trains unconditionally with: fewstep train vae --net autoencoder "
+                               "--data fashion-mnist --set data.pad_to=32")
         if self.teacher_guidance and not (self.cond and self.method in DISTILLATION):
             raise FewstepError(f"teacher_guidance needs a class-conditional distillation run ({', '.join(sorted(DISTILLATION))}) "
                                "with --set cond=true")
@@ -233,6 +243,23 @@ class TrainConfig:
                 raise FewstepError(f"method option {name} must be {TYPE_NAMES[kind]}, got {value!r}; "
                                    f"e.g. --set {name}={json.dumps(params[name].default)}")
         return self
+
+
+def teacher_process(teacher):
+    """The process options (T, betas, schedule) of a teacher run's config.json, {} when there is none to read
+    (a missing teacher is reported where it is loaded)."""
+    if teacher and is_diffusers_folder(teacher):    # a diffusers folder: its scheduler's betas (fewstep.export)
+        from .export import diffusers_process_options
+        try:
+            return diffusers_process_options(teacher)
+        except (OSError, ValueError, FewstepError):
+            return {}
+    try:
+        with open(os.path.join(teacher, "config.json")) as f:
+            theirs = TrainConfig.from_run(json.load(f))
+    except (OSError, TypeError, ValueError, FewstepError):
+        return {}
+    return {k: v for k, v in theirs.method_kwargs.items() if k in ("T", "beta_start", "beta_end", "schedule")}
 
 
 # config.json's sections: field -> (section, key). Each section is checked by its own component: the run's

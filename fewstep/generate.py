@@ -8,9 +8,10 @@ schedule for DDPM), so Heun with 18 steps costs 35 NFE as in EDM.
 import torch
 
 from .errors import FewstepError
+from .guidance import GuidanceScaleInput, embeds, guide, network_calls
 from .methods import METHODS
 from .nets import sample_shape
-from .sampling import SAMPLERS, nfe, sample_consistency, sample_gamma
+from .sampling import FEW_STEP_SAMPLERS, SAMPLERS, nfe, sample_consistency, sample_gamma, sample_lcm
 
 
 def run_kind(cfg):
@@ -42,11 +43,10 @@ def pick_sampler(cfg, sampler=None):
     """The run's default sampler, or the caller's after checking that it fits the kind of model the run makes."""
     kind = run_kind(cfg)
     if not kind.generates:
-        raise FewstepError(f"a {cfg.method!r} run is not a generator; use it for guidance: "
-                           "fewstep eval TEACHER_RUN --classifier RUN --guidance W")
+        raise FewstepError(f"a {cfg.method!r} run is not a generator; {kind.use}")
     sampler = sampler or default_sampler(cfg)
-    if sampler not in ("consistency", "gamma", *SAMPLERS):
-        raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, gamma, {', '.join(sorted(SAMPLERS))}")
+    if sampler not in (*FEW_STEP_SAMPLERS, *SAMPLERS):
+        raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, gamma, lcm, {', '.join(sorted(SAMPLERS))}")
     if sampler not in kind.samplers:
         raise FewstepError(f"a run trained with {cfg.method!r} makes a {kind.name} model, which samples with "
                            f"--sampler {' or '.join(sorted(kind.samplers))}")
@@ -61,7 +61,7 @@ def check_sampling(cfg, sampler=None, taus=None, model=None, steps=(), gamma=0.0
     if gamma and sampler != "gamma":
         raise FewstepError(f"--gamma is the parameter of CTM's gamma-sampling; this run samples with {sampler!r} "
                            "(leave --gamma out, or sample a ctm run with --sampler gamma)")
-    if taus is not None and sampler not in ("consistency", "gamma"):
+    if taus is not None and sampler not in FEW_STEP_SAMPLERS:
         raise FewstepError(f"--tau lists the time points of a consistency or trajectory model; this {cfg.method!r} "
                            "run samples with --steps (and --sampler)")
     if model is not None:
@@ -74,16 +74,21 @@ def check_sampling(cfg, sampler=None, taus=None, model=None, steps=(), gamma=0.0
 
 
 @torch.no_grad()
-def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, shape=None, gamma=0.0):
+def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, cond=None, shape=None, gamma=0.0,
+             guidance=None):
     """(samples, NFE): n samples from a run's model with `steps` steps (or the explicit tau list).
     shape: one sample's shape (default: the network's img_shape, or (dim,) for flat data); gamma: CTM's
-    gamma-sampling (0 deterministic, 1 Algorithm 1)."""
+    gamma-sampling (0 deterministic, 1 Algorithm 1); guidance: the scale w (fewstep.guidance.guide), which
+    a model with w as an input (LCM) needs and gets as 0, the conditional model, when it is left out."""
     sampler = check_sampling(cfg, sampler, taus)
     if n < 1:
         raise FewstepError(f"the number of samples must be at least 1, got {n}")
+    if guidance is not None or (embeds(model, "w") and not isinstance(model, GuidanceScaleInput)):
+        model = guide(model, cfg, guidance or 0.0)
     try:
         shape = shape or sample_shape(model.net)
-        return _generate(model, cfg, (n, *shape), steps, sampler, taus, generator, cond, gamma)
+        x, n_fe = _generate(model, cfg, (n, *shape), steps, sampler, taus, generator, cond, gamma)
+        return x, n_fe * network_calls(model)
     except ValueError as e:                         # impossible step lists and schedules, in one line
         raise FewstepError(str(e)) from None
 
@@ -100,7 +105,7 @@ def noise_grid(model, cfg, steps, sampler, taus=None, sigma_start=None):
     taus for a consistency model, a descending grid ending in 0 for a denoiser (its process's: the Karras
     grid on VE, the strided schedule on VP). sigma_start: start there instead of at sigma_max (editing and
     denoising start from an image, seed 000)."""
-    if sampler in ("consistency", "gamma") or taus is not None:
+    if sampler in FEW_STEP_SAMPLERS or taus is not None:
         return run_kind(cfg).grid(model, cfg, steps, sigma_start, taus)
     return run_process(model, cfg).sampling_grid(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, sigma_start)
 
@@ -111,6 +116,8 @@ def run_sampler(model, cfg, x, grid, sampler, *, generator=None, cond=None, proj
         x = sample_gamma(model, x, grid, gamma=gamma, sigma_min=cfg.sigma_min, cond=cond, generator=generator,
                          project=project)
         return x, len(grid)
+    if sampler == "lcm":
+        return sample_lcm(model, x, grid, cond=cond, generator=generator, project=project), len(grid)
     if sampler == "consistency":
         x = sample_consistency(model, x, grid, sigma_min=cfg.sigma_min, cond=cond, generator=generator, project=project)
         return x, len(grid)

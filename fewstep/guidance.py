@@ -74,3 +74,38 @@ class ClassifierGuidance(_Guided):
             picked = log_p.gather(1, class_labels.reshape(-1, 1)).sum()
             grad = torch.autograd.grad(picked, x_in)[0]
         return D + self.w * sigma.reshape(-1, *[1] * (x.ndim - 1)) ** 2 * grad
+
+
+def embeds(model, name):
+    """Whether a model's raw network takes the scalar condition `name` (LCM's w, CTM's s)."""
+    net = getattr(model, "net", None)
+    return name in (getattr(net, "map_scalar", None) or getattr(net, "scalar_emb", None) or {})
+
+
+class GuidanceScaleInput(_Guided):
+    """A model distilled with the guidance scale as an input (LCM, seed 004): D(x, sigma, w=w) with one w for
+    every sample; a single network call, unlike classifier-free guidance."""
+
+    def __init__(self, D, w):
+        super().__init__()
+        self.D, self.w = D, float(w)
+
+    def forward(self, x, sigma, **cond):
+        return self.D(x, sigma, w=torch.full((x.shape[0],), self.w, dtype=x.dtype, device=x.device), **cond)
+
+
+def network_calls(model):
+    """Network evaluations per denoiser call: classifier-free guidance runs the model twice (w != 0)."""
+    return 2 if isinstance(model, ClassifierFreeGuidance) and model.w != 0 else 1
+
+
+def guide(model, cfg, guidance=0.0, classifier=None):
+    """The model a sampler runs for guidance scale w: classifier guidance with `classifier`, w as an input for
+    a model that embeds it (LCM), classifier-free guidance of a conditional run, or the model itself."""
+    if classifier is not None:
+        return ClassifierGuidance(model, classifier, guidance)
+    if embeds(model, "w"):
+        return GuidanceScaleInput(model, guidance)
+    if cfg.cond and guidance:
+        return ClassifierFreeGuidance(model, guidance, null_label=model.net.num_classes)
+    return model

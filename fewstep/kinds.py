@@ -11,7 +11,9 @@ kind instead of testing method or preconditioning names.
 |             |                 |                                            | on g(x, t, t)       |         |
 | GENERATOR   | G(x_T) = D(x_T, T) | EDMPrecond, evaluated at T (and re-noised | consistency         | no      |
 |             |                 | levels for a few steps)                    | (Algorithm 1)       |         |
+| LCM         | f(z, w, c, t)   | LCMPrecond (VP eps-net, LCM's boundary)    | lcm                 | no      |
 | CLASSIFIER  | logits(x, sigma)| none: the raw network                      | none                | no      |
+| AUTOENCODER | encode, decode  | none: the raw network                      | none                | no      |
 
 The noise process (fewstep.processes: VE, VP discrete) is the other half: it owns the sampling grid
 and the prior a denoiser's samplers start from. A rectified-flow velocity field is a denoiser on the
@@ -20,7 +22,7 @@ rectified-flow interpolation (the conversion is exact), so it needs no kind of i
 
 import torch
 
-from .precond import ConsistencyPrecond, TrajectoryPrecond
+from .precond import ConsistencyPrecond, LCMPrecond, TrajectoryPrecond
 from .processes import VE
 from .sampling import SAMPLERS, check_taus, consistency_taus
 
@@ -99,12 +101,52 @@ class Generator(ConsistencyFunction):
         return VE().denoiser(net, cfg.sigma_data)
 
 
+class LatentConsistency(ConsistencyFunction):
+    """An LCM f(z, w, c, t) on a discrete VP process (seed 004; precond.LCMPrecond), sampled by LCM's multistep
+    sampler on the timesteps of its skipping step k (`VPDiscrete.lcm_timesteps`); w, when the run embeds it,
+    is the guidance scale the model was distilled for (a condition, not a second network call)."""
+    name = "lcm"
+    samplers = ("lcm",)
+
+    def wrap(self, net, cfg, process):
+        return LCMPrecond(net, process, cfg.method_kwargs.get("timestep_scaling", 10.0))
+
+    def default_sampler(self, process):
+        return "lcm"
+
+    def grid(self, model, cfg, steps, sigma_start=None, taus=None):
+        """The noise levels of LCM's `steps` timesteps, or the explicit ones (descending, positive)."""
+        if sigma_start is not None:
+            raise ValueError("an LCM run cannot start sampling from an image (editing); use a consistency or "
+                             "diffusion run")
+        if taus is None:
+            taus = model.process.ve_sigma(model.process.lcm_timesteps(cfg.method_kwargs["k"], steps))
+        taus = torch.as_tensor(taus, dtype=torch.float64)
+        if not torch.isfinite(taus).all() or (taus <= 0).any() or (taus[1:] >= taus[:-1]).any():
+            raise ValueError(f"LCM's noise levels must be positive and strictly decreasing, got {taus.tolist()}")
+        return taus
+
+
 class NoiseClassifier:
     """logits(x, sigma): the noise-conditional classifier of classifier guidance (seed 002); not a generator."""
     name = "classifier"
     samplers = ()
     teacher = False
     generates = False
+    use = "use it for guidance: fewstep eval TEACHER_RUN --classifier RUN --guidance W"     # what it is for instead
+
+    def wrap(self, net, cfg, process):
+        return net
+
+
+class Autoencoder:
+    """encode(x) -> (mean, logvar), decode(z): the KL autoencoder of latent diffusion (seed 004's latent space);
+    not a generator: a latent dataset (fewstep.data.latent) encodes with it and decodes samples with it."""
+    name = "autoencoder"
+    samplers = ()
+    teacher = False
+    generates = False
+    use = "train a generator in its latent space: fewstep train edm --net unet --data latents --set data.autoencoder=RUN"
 
     def wrap(self, net, cfg, process):
         return net
@@ -112,3 +154,5 @@ class NoiseClassifier:
 
 DENOISER, CONSISTENCY, TRAJECTORY, GENERATOR, CLASSIFIER = (Denoiser(), ConsistencyFunction(), TrajectoryModel(),
                                                              Generator(), NoiseClassifier())
+LCM = LatentConsistency()
+AUTOENCODER = Autoencoder()

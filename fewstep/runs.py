@@ -61,30 +61,41 @@ def build_dataset(cfg):
 
 def net_arguments(cfg, data):
     """The raw network's constructor arguments: the data's shape and classes, then the user's net_kwargs."""
-    if cfg.net == "unet":
+    if cfg.net in ("unet", "autoencoder", "diffusers"):
         C, H, W = data.shape
         kwargs = {"img_resolution": H, "in_channels": C}
     elif cfg.net == "classifier":
         kwargs = {"in_channels": data.shape[0], "noise_conditional": True}
     else:
         kwargs = {"dim": data.dim}
+    if cfg.cond and not getattr(data, "num_classes", 0):
+        raise FewstepError(f"dataset {cfg.data!r} has no class labels; drop --set cond=true")
     if cfg.cond:
         kwargs["num_classes"] = data.num_classes
     fixed = sorted((set(kwargs) | {"dim", "img_resolution", "in_channels", "num_classes"}) & set(cfg.net_kwargs))
     if fixed:
         raise FewstepError(f"net.{fixed[0]} comes from the data ({cfg.data}); remove --set net.{fixed[0]} "
                            "(class labels: --set cond=true)")
-    return {**kwargs, **cfg.net_kwargs}
+    return {**kwargs, **diffusers_timesteps(cfg), **cfg.net_kwargs}
+
+
+def diffusers_timesteps(cfg):
+    """A diffusers U-Net's timestep convention (fewstep.nets.diffusers): DDPM's 0-based t on a discrete VP
+    process, else 1000 c_noise (consistency models'); --set net.timesteps overrides it."""
+    if cfg.net != "diffusers":
+        return {}
+    process = METHODS[cfg.method].make_process(cfg.method_arguments())
+    return {"timesteps": "vp", "T": process.T} if process.name == "vp-discrete" else {"timesteps": "cm"}
 
 
 def build_model(cfg, data=None):
     """The preconditioned model of a config, freshly initialised: raw network inside the wrapper
     that the method asks for (EDM, VP or consistency). net_kwargs may name a U-Net size: config=cpu-tiny."""
     data = data or build_dataset(cfg)
-    if cfg.net in ("unet", "classifier") and len(getattr(data, "shape", ())) != 3:
+    if cfg.net in ("unet", "classifier", "autoencoder", "diffusers") and len(getattr(data, "shape", ())) != 3:
         raise FewstepError(f"the {cfg.net} network needs image data; dataset {cfg.data!r} is flat: use --net mlp")
     kwargs = net_arguments(cfg, data)
-    config = kwargs.pop("config", None)
+    config = kwargs.pop("config", None) if cfg.net != "diffusers" else None     # diffusers: its own U-Net config
     if config is not None and (cfg.net != "unet" or config not in UNET_CONFIGS):
         raise FewstepError(f"net.config={config!r} names no network size; use it with --net unet and one of: "
                            f"{', '.join(UNET_CONFIGS)}")
@@ -99,9 +110,18 @@ def build_model(cfg, data=None):
     except (TypeError, ValueError, KeyError) as e:
         raise FewstepError(f"bad network options for {cfg.net!r} ({_first_line(e)}); fix the --set net.KEY values") from None
     method = METHODS[cfg.method]
+    net = method.adapt_net(net, cfg.method_arguments())
     model = method.produces.wrap(net, cfg, method.make_process(cfg.method_arguments()))
     model.kind = method.produces
     return model
+
+
+def load_decoder(cfg):
+    """decode(x) -> images in [-1, 1] for a run trained in a latent space (its dataset's decoder; cheap, the
+    latents are cached), None for a run in pixel space."""
+    if not hasattr(DATASETS.get(cfg.data), "decode"):
+        return None
+    return build_dataset(cfg).decode
 
 
 def load_config(run_dir):
@@ -174,6 +194,9 @@ def load_teacher(run_dir):
     """The EMA denoiser D(x, sigma) of a diffusion-teacher run, for distillation."""
     if not run_dir or not os.path.isdir(run_dir):
         raise FewstepError(f"teacher run {run_dir!r} not found; train one first: fewstep train edm --out {run_dir or 'RUN'}")
+    from .export import is_diffusers_folder, load_diffusers_teacher
+    if is_diffusers_folder(run_dir):                    # a diffusers pipeline or U-Net folder, not a run
+        return load_diffusers_teacher(run_dir)
     if not os.path.isfile(os.path.join(run_dir, CHECKPOINT)):
         raise FewstepError(f"teacher run {run_dir} has no checkpoint yet; finish training it (fewstep train edm --out {run_dir} --resume)")
     model, cfg = load_model(run_dir)

@@ -29,9 +29,10 @@ from .config import TrainConfig
 from .ema import EMA, ema_warmup
 from .errors import FewstepError, Interrupted
 from .generate import generate, run_process
-from .guidance import ClassifierFreeGuidance, drop_labels
+from .guidance import ClassifierFreeGuidance, drop_labels, guide
 from .methods import DISTILLATION, METHODS
 from .nets import sample_shape
+from .nets.diffusers import is_diffusers_folder
 from .processes import VE
 from .runs import (CHECKPOINT, CONFIG, METRICS, build_dataset, build_model, changed_fields, check_checkpoint_config,
                    load_config, load_teacher, read_metrics)
@@ -144,11 +145,13 @@ def _load_teacher(cfg, net, dist_info):
     teacher, teacher_cfg = load_teacher(cfg.teacher)
     teacher = teacher.to(dist_info.device)
     check_teacher_shape(cfg, teacher, net)
-    if cfg.init_from_teacher and METHODS[cfg.method].starts_from_teacher and not isinstance(teacher.process, VE):
+    ours = getattr(net, "process", VE())
+    same_inputs = isinstance(teacher.process, VE) == isinstance(ours, VE)      # EDM's inputs, or an eps-net's
+    if cfg.init_from_teacher and METHODS[cfg.method].starts_from_teacher and not same_inputs:
         raise FewstepError(f"method {cfg.method!r} starts from its teacher's weights, which a {teacher_cfg.method!r} "
-                           f"({teacher.process.name}) network cannot give an EDM-preconditioned student; distill a "
-                           "teacher trained with edm (or a run made from one)")
-    if cfg.init_from_teacher and isinstance(teacher.process, VE):      # same network inputs as the student
+                           f"({teacher.process.name}) network cannot give a {ours.name} student; distill a "
+                           f"teacher trained with {'edm' if isinstance(ours, VE) else 'ddpm'} (or a run made from one)")
+    if cfg.init_from_teacher and same_inputs:                          # same network inputs as the student
         state = teacher.net.state_dict()
         theirs = sorted({k.split(".")[1] for k in state if k.split(".")[0] in ("scalar_emb", "map_scalar")}
                         - set(METHODS[cfg.method].net_scalars))
@@ -157,7 +160,7 @@ def _load_teacher(cfg, net, dist_info):
                                f"which a {cfg.method!r} student's does not; start the student fresh with --set "
                                "init_from_teacher=false")
         try:
-            load_state(net.net, {**state, **_own_scalar_embeddings(net.net, state)}, cfg.teacher)
+            load_state(net.net, {**_adapted(net.net, state), **_own_scalar_embeddings(net.net, state)}, cfg.teacher)
         except FewstepError:
             raise FewstepError(f"the teacher {cfg.teacher} is a {teacher_cfg.net} {json.dumps(teacher_cfg.net_kwargs)} "
                                f"and the student a {cfg.net} {json.dumps(cfg.net_kwargs)}: a student that starts from "
@@ -169,6 +172,20 @@ def _load_teacher(cfg, net, dist_info):
         raise FewstepError(f"teacher_guidance needs a teacher that learned the null label; {cfg.teacher} was trained "
                            "with label_dropout=0: retrain it with --set label_dropout=0.1")
     return teacher
+
+
+def _adapted(net, teacher_state):
+    """The teacher's weights under the student's names when the student carries LoRA adapters (fewstep.lora: a
+    wrapped layer's weights become <layer>.base_layer.*), with the adapters' own initial weights (B = 0, so the
+    student starts as its teacher)."""
+    own = net.state_dict()
+    if not any(".lora_" in key for key in own):
+        return teacher_state
+    renamed = {}
+    for key, value in teacher_state.items():
+        layer, leaf = key.rsplit(".", 1)
+        renamed[key if key in own else f"{layer}.base_layer.{leaf}"] = value
+    return {**renamed, **{key: value for key, value in own.items() if ".lora_" in key}}
 
 
 def _own_scalar_embeddings(net, teacher_state):
@@ -379,6 +396,10 @@ def _student_network(cfg):
     """A student that starts from its teacher takes the teacher's network options unless it names its own
     (so a teacher of any size, or of an earlier release, distills without repeating them)."""
     path = os.path.join(cfg.teacher or "", CONFIG)
+    if cfg.teacher and is_diffusers_folder(cfg.teacher):     # a diffusers teacher: its U-Net's architecture, fresh
+        from .export import student_network
+        same = cfg.net == "diffusers" and not cfg.net_kwargs
+        return dataclasses.replace(cfg, net_kwargs=student_network(cfg.teacher)) if same else cfg
     if not (cfg.teacher and cfg.init_from_teacher and not cfg.net_kwargs and os.path.isfile(path)):
         return cfg
     teacher = load_config(cfg.teacher)
@@ -544,7 +565,9 @@ def _log_samples(state, writer, n=16):
         return
     steps = getattr(run_process(state.ema.module, state.cfg), "N", None) or state.method.produces.preview_steps   # PD: its grid
     cond = {"class_labels": torch.arange(n, device=state.dist.device) % net.num_classes} if state.cfg.cond else None
-    x, _ = generate(state.ema.module, state.cfg, n, steps, generator=torch.Generator().manual_seed(0), cond=cond)
+    model = guide(state.ema.module, state.cfg)                                # LCM: its w input, at w = 0
+    x, _ = generate(model, state.cfg, n, steps, generator=torch.Generator().manual_seed(0), cond=cond)
+    x = state.data.decode(x) if hasattr(state.data, "decode") else x         # a latent run shows its images
     writer.add_images("samples", (x.float().clamp(-1, 1) + 1) / 2, state.k)
 
 

@@ -30,17 +30,24 @@ SETUPS = {      # what a method needs beyond TINY on the 2-D mixture
     "ct": dict(method_kwargs={"s1": 4, "K": 4}), "ict": dict(method_kwargs={"s0": 2, "s1": 8, "K": 4}),
     **{m: dict(method_kwargs={"pairs": 64, "pair_steps": 2}) for m in ("kd", "reflow", "dmd")},
     "pd": dict(method_kwargs={"N": 2, "N0": 4}),
+    "lcm": dict(method_kwargs={"k": 100, "w_max": 0.0}, teacher_process="vp"),
+    "lcm-lora": dict(method_kwargs={"k": 100, "w": 0.0, "rank": 2}, teacher_process="vp"),
+    "lora": dict(method_kwargs={"rank": 2}, teacher_process="vp"),
     "classifier": dict(data="folder", net="classifier", cond=True, data_kwargs={"resolution": 8},
                        net_kwargs={"channels": [8, 8], "feature_dim": 8}),
+    "vae": dict(data="folder", net="autoencoder", data_kwargs={"resolution": 8}, net_kwargs={"channels": [4, 4]}),
 }
 NAMES = sorted(METHODS)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    run = str(tmp_path_factory.mktemp("contract") / "teacher")
-    train(TrainConfig(method="edm", **{**TINY, "streams": 1}), run, progress=False)
-    return run
+    """Teacher runs by process: EDM (VE) for most methods, DDPM (VP, eps-prediction) for LCM."""
+    runs = {}
+    for process, method in (("ve", "edm"), ("vp", "ddpm")):
+        runs[process] = str(tmp_path_factory.mktemp("contract") / method)
+        train(TrainConfig(method=method, **{**TINY, "streams": 1}), runs[process], progress=False)
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +64,9 @@ def pictures(tmp_path_factory):
 
 def config(name, teacher, pictures, **over):
     setup = {**TINY, **SETUPS.get(name, {}), **over}
+    process = setup.pop("teacher_process", "ve")
     if name in DISTILLATION:
-        setup["teacher"] = teacher
+        setup["teacher"] = teacher[process]
     if setup.get("data") == "folder":
         setup["data_kwargs"] = {**setup["data_kwargs"], "root": pictures}
     return TrainConfig(method=name, **setup)

@@ -8,7 +8,9 @@ import torch
 
 from fewstep.config import TrainConfig
 from fewstep.errors import FewstepError
-from fewstep.evaluate import crop_to, evaluate
+from fewstep.data.images import FashionMNIST
+from fewstep.evaluate import class_match, crop_to, evaluate
+from fewstep.metrics.fd import extract_features
 from fewstep.metrics.features import FMNIST_CLASSIFIER, load_feature_net
 from fewstep.train import train
 from oracles import use_labelled_mixture
@@ -36,8 +38,9 @@ def test_eval_writes_the_table_grids_and_plot(tmp_path):
     base = dict(data="fashion-mnist", net="unet", net_kwargs={"config": "cpu-tiny"}, batch=8, steps=2)
     train(TrainConfig(method="ct", cond=True, label_dropout=0.1, **base), run, progress=False)
     rows = evaluate(run, [1, 2], n=40, guidance=1.0, progress=False)
-    assert [r["nfe"] for r in rows] == [1, 2]
+    assert [r["nfe"] for r in rows] == [2, 4]                       # classifier-free guidance: 2 calls a step
     assert all(r["fd"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
+    assert all(0 <= r["class_match"] <= 1 for r in rows)
     first = os.path.join(run, "eval", "000")
     for name in ("metrics.json", "metrics.md", "fd_vs_nfe.png", "samples_1steps.png", "samples_2steps.png"):
         assert os.path.getsize(os.path.join(first, name)) > 0
@@ -52,6 +55,15 @@ def test_eval_writes_the_table_grids_and_plot(tmp_path):
     assert open(os.path.join(first, "metrics.json")).read() == before
     evaluate(run, [1], n=20, out=first, overwrite=True, progress=False)
     assert json.load(open(os.path.join(first, "metrics.json")))[0]["steps"] == 1
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="needs dataset-fashion-mnist")
+def test_class_match_of_real_images_is_the_classifiers_accuracy():
+    net, test = load_feature_net(), FashionMNIST("test")
+    x, y = test.images[:1000].float() / 127.5 - 1, test.labels[:1000]
+    feats = extract_features(net, x)
+    assert class_match(net, feats, y) == pytest.approx((net(x).argmax(1) == y).double().mean().item(), abs=1e-12)
+    assert class_match(net, feats, (y + 1) % 10) < 0.1                 # asked for the wrong class: rarely matches
 
 
 def test_eval_rejects_a_2d_run(tmp_path):

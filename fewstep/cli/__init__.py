@@ -217,7 +217,9 @@ def cmd_sample(args):
 
     import time
 
+    from ..evaluate import check_guidance
     from ..generate import check_sampling, generate, parse_steps
+    from ..guidance import guide
     from ..metrics.toy import consistency_error, sample_distance
     from ..plots import scatter_grid
     from ..runs import build_dataset, load_model
@@ -226,17 +228,18 @@ def cmd_sample(args):
     taus = parse_taus(args.tau) if args.tau is not None else None
     model, cfg = load_model(args.run, args.which)
     check_sampling(cfg, args.sampler, taus, model, steps, args.gamma)
+    check_guidance(args.run, model, cfg, args.guidance)
     out = output_dir(args.out, os.path.join(args.run, "samples"), ["metrics.json", "samples*.png", "steps*.pt"],
                      args.overwrite)         # after the checks: a command that cannot run leaves no folder
     if hasattr(getattr(model, "net", None), "img_shape"):       # the 2-D metrics below do not apply
         return sample_image_run(args, model, cfg, steps, taus, out)
-    data = build_dataset(cfg)
+    data, guided = build_dataset(cfg), guide(model, cfg, args.guidance)
     rows, panels = [], []
     print(f"{'steps':>5} {'NFE':>5} {'sliced W2':>10} {'f error':>8} {'samples/s':>10}")
     for s in (steps if taus is None else [len(taus)]):
         g = torch.Generator().manual_seed(args.seed)
         t0 = time.perf_counter()
-        x, n_fe = generate(model, cfg, args.n, s, sampler=args.sampler, taus=taus, generator=g, gamma=args.gamma)
+        x, n_fe = generate(guided, cfg, args.n, s, sampler=args.sampler, taus=taus, generator=g, gamma=args.gamma)
         rate = args.n / (time.perf_counter() - t0)
         swd = sample_distance(x, data, generator=torch.Generator().manual_seed(args.seed + 1))
         ferr = (consistency_error(model, data, t=cfg.sigma_max, sigma_min=cfg.sigma_min, n=1024,
@@ -260,11 +263,12 @@ def sample_image_run(args, model, cfg, steps, taus, out):
 
     from ..evaluate import sample_images
     from ..plots import image_grid
-    rows = []
+    from ..runs import load_decoder
+    decoder, rows = load_decoder(cfg), []
     print(f"{'steps':>5} {'NFE':>5} {'images/s':>10}")
     for s in (steps if taus is None else [len(taus)]):
         x, n_fe, rate = sample_images(model, cfg, args.n, s, sampler=args.sampler, taus=taus, seed=args.seed,
-                                      gamma=args.gamma)
+                                      gamma=args.gamma, decoder=decoder, guidance=args.guidance)
         rows.append({"steps": s, "nfe": n_fe, "images_per_sec": rate})
         print(f"{s:>5} {n_fe:>5} {rate:>10.1f}")
         torch.save(x, os.path.join(out, f"steps{s}.pt"))
@@ -300,9 +304,21 @@ def cmd_edit(args):
     run_edit(args)
 
 
+def cmd_lora(args):
+    from .lora import run_lora
+    run_lora(args)
+
+
 def cmd_demo(args):
     from .demo import run_demo
     run_demo(args.out, fast=args.fast)
+
+
+def cmd_export(args):
+    """A --net diffusers run as a diffusers pipeline folder (fewstep.export)."""
+    from ..export import export_run
+    pipeline = export_run(args.run, args.out, which=args.which, overwrite=args.overwrite)
+    print(f"{type(pipeline).__name__} -> {args.out} (load it with diffusers.{type(pipeline).__name__}.from_pretrained)")
 
 
 TASKS = ("inpaint", "colorize", "superres", "stroke", "denoise", "interpolate")     # fewstep edit's
@@ -312,9 +328,12 @@ def sampling_arguments(p, outputs, n):
     """What `sample` and `eval` share: the run, step counts, sampler, sample count, seed and output folder."""
     p.add_argument("run", help="run folder")
     p.add_argument("--steps", default="1,2,4", help="comma-separated step counts (default 1,2,4)")
-    p.add_argument("--sampler", help="consistency (CMs), gamma (CTM), heun, euler, ddim, ddpm, langevin (teachers)")
+    p.add_argument("--sampler", help="consistency (CMs), gamma (CTM), lcm (LCM), heun, euler, ddim, ddpm, dpm2, dpmpp-2m, "
+                   "langevin (teachers)")
     p.add_argument("--gamma", type=unit_float, default=0.0, help="CTM's gamma-sampling: 0 deterministic (default), "
                    "1 = consistency sampling")
+    p.add_argument("--guidance", type=finite_float, default=0.0, help="guidance scale w: classifier-free for "
+                   "conditional runs, an input of an LCM run, or classifier guidance with --classifier (eval)")
     p.add_argument("--n", type=positive_int, default=n, help=f"samples per step count (default {n})")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", help=f"output folder (default: a new RUN/{outputs}/NNN)")
@@ -332,7 +351,7 @@ def build_parser():
                        description="Train a run into --out: config.json, checkpoint.safetensors, metrics.jsonl, "
                        "tensorboard/. `fewstep methods` lists each method's options and defaults.")
     t.add_argument("method", help="the training method: edm, ddpm (teachers), cd, ct, ict, cd-continuous, "
-                   "ct-continuous (consistency), ctm (trajectory), kd, pd, rf, reflow, dmd, sds, add (distillation), classifier; "
+                   "ct-continuous (consistency), ctm (trajectory), kd, pd, rf, reflow, dmd, sds, add (distillation), classifier, vae (latent autoencoder); "
                    "`fewstep methods` lists each with its options. pd without --set N runs every round into "
                    "OUT/steps-N")
     t.add_argument("--out", required=True, type=folder, help="run folder to write (new or empty; with --resume, "
@@ -340,9 +359,10 @@ def build_parser():
     t.add_argument("--teacher", help="run folder of a diffusion teacher (cd, cd-continuous, ctm, kd, pd, reflow, dmd, "
                    "sds, add; for reflow and kd also a rectified flow)")
     t.add_argument("--data", help="dataset: gmm (default), gmm-grid, gaussian, moons, checkerboard, spiral, "
-                   "fashion-mnist, fashion-mnist-rgb, folder (--set data.root=DIR)")
+                   "fashion-mnist, fashion-mnist-rgb, folder (--set data.root=DIR), latents (--set data.autoencoder=AE)")
     t.add_argument("--net", help="raw network: mlp (default) or unet (images; default size cpu-tiny, 0.34M "
-                   "parameters at 28 px; --set net.config=cpu or gpu for larger)")
+                   "parameters at 28 px; --set net.config=cpu or gpu for larger), or diffusers (a diffusers U-Net: "
+                   "--set net.path=FOLDER or net.config={...}; pip install 'fewstep[diffusers]')")
     t.add_argument("--steps", type=positive_int, help="training steps (default 4000)")
     t.add_argument("--batch", type=positive_int, help="batch size (default 512 for 2-D data, 64 for images)")
     t.add_argument("--lr", type=finite_float, help="learning rate (default 1e-3; the optimizer: --set optimizer=adam|adamw|radam)")
@@ -390,8 +410,6 @@ def build_parser():
                        "Fashion-MNIST classifier's features against the test split, images/s, grids and a FD-vs-NFE "
                        "plot. Writes a new folder RUN/eval/NNN unless --out is given.")
     sampling_arguments(e, "eval", n=10000)
-    e.add_argument("--guidance", type=finite_float, default=0.0, help="guidance scale w: classifier-free for "
-                   "conditional runs, or classifier guidance with --classifier")
     e.add_argument("--classifier", help="run folder of a noise-conditional classifier (fewstep train classifier ...)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -414,6 +432,19 @@ def build_parser():
     b.add_argument("--n", type=positive_int, default=2000, help="samples per row (default 2000)")
     b.add_argument("--write-docs", metavar="FILE", help="append the table to FILE (docs/BENCHMARKS.md)")
     b.set_defaults(func=cmd_bench)
+
+    lo = sub.add_parser("lora", help="LoRA adapters (LCM-LoRA, style): save one alone, apply and combine them",
+                        description="save: write an lcm-lora or lora run's adapter alone as safetensors, with its "
+                        "trainable/full parameter counts. apply: a new run folder with an lcm-lora run's acceleration "
+                        "adapter on another base network (the teacher, or a full fine-tune of it) and optionally a "
+                        "style run's adapter, combined as lambda_1 tau_1 + lambda_2 tau_2 and merged (seed 004).")
+    lo.add_argument("action", choices=["save", "apply"])
+    lo.add_argument("run", help="save: an lcm-lora or lora run; apply: the lcm-lora run")
+    lo.add_argument("--out", help="save: the adapter file (default RUN/adapter.safetensors); apply: the new run folder")
+    lo.add_argument("--base", help="apply: the run whose network weights the adapters go on (the teacher or a fine-tune)")
+    lo.add_argument("--style", help="apply: a lora (style) run whose adapter is added")
+    lo.add_argument("--weights", help="apply: lambda_1,lambda_2 for the acceleration and style adapters (default 1,1)")
+    lo.set_defaults(func=cmd_lora)
 
     ed = sub.add_parser("edit", help="zero-shot editing: inpaint, colorize, superres, stroke, denoise, interpolate",
                         description="Zero-shot editing with a consistency model (multistep, Algorithm 4 of the CM "
@@ -447,6 +478,16 @@ def build_parser():
                     "FD of --n edited test images for each step count, e.g. --score 1,2,4,8")
     ed.add_argument("--n", type=positive_int, default=1000, help="--score: test images to edit (default 1000)")
     ed.set_defaults(func=cmd_edit)
+
+    x = sub.add_parser("export", help="a --net diffusers run as a diffusers pipeline folder (DDPM, consistency)",
+                       description="Write RUN (trained with --net diffusers) to OUT as a diffusers pipeline: unet/, "
+                       "scheduler/, model_index.json. A ddpm run loads with DDPMPipeline (or DDIMPipeline), a cd, ct "
+                       "or ict run with ConsistencyModelPipeline. Needs pip install 'fewstep[diffusers]'.")
+    x.add_argument("run", help="run folder")
+    x.add_argument("out", type=folder, help="the pipeline folder to write")
+    x.add_argument("--which", default="ema", choices=["ema", "net"], help="the weights to export (default ema)")
+    x.add_argument("--overwrite", action="store_true", help="replace a pipeline already in OUT")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the 2-D demo: teacher, CD, CT and iCT, sampled at 1/2/4 steps",
                        description="Train an EDM teacher, CD, CT and iCT on the 8-mode Gaussian mixture and sample "

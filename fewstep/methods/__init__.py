@@ -7,10 +7,12 @@ denoiser D(x, sigma, **cond). Registering a class here puts it under tests/test_
 from .consistency import (ConsistencyDistillation, ConsistencyTraining, ContinuousCD, ContinuousCT,
                           ImprovedConsistencyTraining)
 from .adversarial import AdversarialDistillation
+from .autoencoder import AutoencoderLoss
 from .classifier import NoisyClassifierLoss
 from .diffusion import DDPMLoss, EDMLoss
 from .distill import KnowledgeDistillation, ProgressiveDistillation
 from .flow import RectifiedFlow, Reflow
+from .lcm import DiffusionLoRA, LatentConsistencyDistillation, LCMLoRA
 from .matching import DistributionMatching, ScoreDistillation
 from .trajectory import ConsistencyTrajectory
 
@@ -30,6 +32,11 @@ METHODS = {
     "dmd": DistributionMatching,          # distribution matching distillation (DMD, DMD2), seed 003
     "sds": ScoreDistillation,             # score distillation sampling and the sample-based estimator, seed 003
     "add": AdversarialDistillation,       # adversarial diffusion distillation, seed 003
+    "lcm": LatentConsistencyDistillation, # latent consistency models (guided, skipping step k), seed 004
+    "lcm-lora": LCMLoRA,                  # LCM-LoRA: an acceleration adapter on the frozen teacher, seed 004
+    "lora": DiffusionLoRA,                # a style LoRA fine-tune of a diffusion teacher, seed 004
     "classifier": NoisyClassifierLoss,    # noise-conditional classifier for classifier guidance, seed 002
+    "vae": AutoencoderLoss,               # KL autoencoder of latent diffusion (data=latents), seed 004
 }
-DISTILLATION = {"cd", "cd-continuous", "ctm", "kd", "pd", "reflow", "dmd", "sds", "add"}    # methods that need --teacher
+DISTILLATION = {"cd", "cd-continuous", "ctm", "kd", "pd", "reflow", "dmd", "sds", "add", "lcm", "lcm-lora",
+                "lora"}    # methods that need --teacher

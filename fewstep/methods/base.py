@@ -47,6 +47,12 @@ class Method:
         return {}
 
     @classmethod
+    def adapt_net(cls, net, options):
+        """The raw network as the method trains and samples it, before any weights are loaded (LoRA methods
+        add their adapters here); runs.build_model calls it, so a reloaded run has the same layers."""
+        return net
+
+    @classmethod
     def make_process(cls, options):
         """The run's noise process, built from the method options its constructor takes (DDPM: T, betas)."""
         params = inspect.signature(cls.process).parameters

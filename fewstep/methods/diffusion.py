@@ -35,8 +35,8 @@ class DDPMLoss(Method):
 
     produces, process = DENOISER, VPDiscrete        # the process takes T, beta_start, beta_end from the options
 
-    def __init__(self, T=1000, beta_start=1e-4, beta_end=0.02):
-        self.process = VPDiscrete(T, beta_start, beta_end)
+    def __init__(self, T=1000, beta_start=1e-4, beta_end=0.02, schedule="linear"):
+        self.process = VPDiscrete(T, beta_start, beta_end, schedule)
 
     def __call__(self, net, batch, *, generator=None, **_):
         y, cond = split_batch(batch)
