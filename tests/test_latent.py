@@ -91,6 +91,11 @@ def test_latents_are_cached_once_scaled_to_unit_std_and_decode_to_their_images(a
     monkeypatch.setattr(latent_module, "encode_images", lambda *a, **k: pytest.fail("encoded again"))
     again = make_dataset("latents", autoencoder=ae_run, limit=256)
     assert torch.equal(again.latents, data.latents) and again.scale == data.scale
+    # a class subset (a style fine-tune's data) is cut from the same cache, with the whole source's scale
+    shoes = make_dataset("latents", autoencoder=ae_run, limit=256, classes=[5, 7, 9])
+    keep = torch.isin(data.labels, torch.tensor([5, 7, 9]))
+    assert torch.equal(shoes.latents, data.latents[keep]) and shoes.scale == data.scale and shoes.num_classes == 10
+    assert set(shoes.sample(64, torch.Generator().manual_seed(0))["class_labels"].tolist()) <= {5, 7, 9}
 
 
 @needs_fmnist
@@ -165,6 +170,7 @@ def test_bad_autoencoders_are_one_line(ae_run, tmp_path):
     one_line_error(train_on(ae_run, "--set", "data.source_options={}"), "trained on 1x32x32", "pad_to")
     one_line_error(train_on(ae_run, "--set", "data.source=moons"), "image dataset")
     one_line_error(train_on(ae_run, "--set", "data.limit=0"), "data.limit")
+    one_line_error(train_on(ae_run, "--set", "data.classes=[3,10]"), "data.classes", "0..9")
     os.makedirs(tmp_path / "unet")
     with open(tmp_path / "unet" / "config.json", "w") as f:
         json.dump({"_class_name": "UNet2DModel"}, f)

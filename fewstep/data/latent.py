@@ -131,6 +131,7 @@ class Latents:
         source_options  = None,     # Its options, e.g. {"pad_to": 32} (None: the vae run's own, else none).
         split           = "train",  # The source's split; datasets without splits take "train" only.
         limit           = None,     # Encode only the first `limit` images (None: all of them).
+        classes         = None,     # Train on these class labels only (a style fine-tune on a subset); None: all.
     ):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise FewstepError(f"data.limit must be a positive integer, got {limit!r}; e.g. --set data.limit=1000")
@@ -142,6 +143,8 @@ class Latents:
         path = latent_file(self.folder, fingerprint(self.autoencoder.module), **settings)
         tensors, meta = self._cached(path) or self._encode(path, settings)
         self._set(tensors, meta)
+        if classes is not None:
+            self._keep(classes)
 
     def _source(self, source, options):
         """The source dataset and its options: the vae run's own when not given."""
@@ -207,6 +210,18 @@ class Latents:
         self.image_shape = tuple(meta["image_shape"])       # (C, H, W) of the decoded images
         self.shape = tuple(self.latents.shape[1:])          # (C, h, w) of the latents
         self.dim = self.latents[0].numel()
+
+    def _keep(self, classes):
+        """Only the latents of `classes`; the labels keep their numbers (and the null label its own), and the scale
+        stays the whole source's, so a fine-tune on a subset sees the latents its teacher saw."""
+        if not self.num_classes:
+            raise FewstepError("data.classes picks classes of a labelled source; this source has no labels")
+        if not isinstance(classes, list) or not classes or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < self.num_classes for c in classes):
+            raise FewstepError(f"data.classes must be a list of class labels in 0..{self.num_classes - 1}, got "
+                               f"{classes!r}; e.g. --set data.classes=[0,2,4]")
+        keep = torch.isin(self.labels, torch.tensor(classes))
+        self.latents, self.labels = self.latents[keep], self.labels[keep]
 
     def __len__(self):
         return len(self.latents)
