@@ -161,7 +161,7 @@ def test_fmnist_guided_lcm_user_path(tmp_path):
     assert row["nfe"] == 4 and math.isfinite(row["fd"])
     ok(cli("eval", tmp_path / "t", "--steps", "2", "--sampler", "dpm2", "--n", "20", "--guidance", "1",
            "--out", tmp_path / "e2", "--quiet"))
-    assert read_json(tmp_path / "e2" / "metrics.json")[0]["nfe"] == 3
+    assert read_json(tmp_path / "e2" / "metrics.json")[0]["nfe"] == 6          # (2 + 1) steps x 2 for CFG
 
 
 def test_bad_lcm_options_are_one_line(tmp_path):

@@ -252,13 +252,15 @@ def test_fmnist_eval(fm):
     assert new == [f"{len(before):03d}"], new
     out = fm.cd / "eval" / new[0]
     rows = read_json(out / "metrics.json")
-    assert [row["steps"] for row in rows] == [1, 2] and [row["nfe"] for row in rows] == [1, 2], rows
+    calls = 2 if fm.cond else 1                    # classifier-free guidance evaluates the model twice a step
+    assert [row["steps"] for row in rows] == [1, 2] and [row["nfe"] for row in rows] == [calls, 2 * calls], rows
     for row in rows:
         assert finite(row["fd"]) and row["fd"] > 0, row
         assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1, row
         assert finite(row["images_per_sec"]) and row["images_per_sec"] > 0, row
     table = open(out / "metrics.md").read().splitlines()
-    assert len(table) == 4 and table[2].startswith("| 1 | 1 |") and table[3].startswith("| 2 | 2 |"), table
+    assert len(table) == 4 and table[2].startswith(f"| 1 | {calls} |") and table[3].startswith(f"| 2 | {2 * calls} |"), table
+    assert all(0 <= row["class_match"] <= 1 for row in rows) if fm.cond else "class_match" not in rows[0], rows
     for name in ("fd_vs_nfe.png", "samples_1steps.png", "samples_2steps.png"):
         assert_png(out / name)
     assert len([line for line in r.stdout.splitlines() if line.startswith("steps")]) == 2, r.stdout
