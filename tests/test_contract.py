@@ -63,6 +63,8 @@ def pictures(tmp_path_factory):
 
 
 def config(name, teacher, pictures, **over):
+    if name in ("lcm-lora", "lora"):
+        pytest.importorskip("peft", reason="LoRA adapters need peft (pip install 'fewstep[lora]')")
     setup = {**TINY, **SETUPS.get(name, {}), **over}
     process = setup.pop("teacher_process", "ve")
     if name in DISTILLATION:

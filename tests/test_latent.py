@@ -245,6 +245,7 @@ def test_the_readme_lcm_commands_on_latents(variant, ae_run, tmp_path, fast_refe
     assert row["nfe"] == 1 and row["fd"] > 0 and (0 <= row["class_match"] <= 1 if cond else "class_match" not in row)
     if not cond:
         return
+    pytest.importorskip("peft", reason="LoRA adapters need peft (pip install 'fewstep[lora]')")
     ok(cli("train", "lcm-lora", "--teacher", tmp_path / "ldm", *data, "--set", "w=1.0", "--set", "rank=2",
            "--out", tmp_path / "lcm-lora"))
     saved = ok(cli("lora", "save", tmp_path / "lcm-lora"))

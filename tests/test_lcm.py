@@ -182,6 +182,7 @@ def test_bad_lcm_options_are_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def lora_runs(tmp_path_factory):
+    pytest.importorskip("peft", reason="LoRA adapters need peft (pip install 'fewstep[lora]')")
     """A VP teacher on the 2-D mixture, its LCM-LoRA and a style LoRA fine-tuned on re-weighted modes."""
     root = tmp_path_factory.mktemp("lora")
     toy = ["--set", "net.width=32", "--batch", "64", "--quiet"]
