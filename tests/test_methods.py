@@ -252,7 +252,7 @@ def test_ct_learns_f(tmp_path):
 
 @pytest.mark.slow
 def test_ict_learns_f(tmp_path):
-    err, swd = _scores(_train("ict", tmp_path, 2000, s1=160, weighting="uniform"))
+    err, swd = _scores(_train("ict", tmp_path, 2000, s1=160))
     assert err < F_ERROR_MAX and swd < SWD_MAX
 
 
