@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from fewstep.compare import MIXTURE, WEIGHTS, sampled_run
 from fewstep.config import TrainConfig
 from fewstep.data import make_dataset
 from fewstep.generate import generate
@@ -27,9 +28,6 @@ from fewstep.plots import scatter_grid
 from fewstep.rounds import train_progressive
 from fewstep.runs import load_model
 from fewstep.train import train
-
-WEIGHTS = list(range(1, 9))                         # mode weights 1..8 (the smallest mode holds 1/36)
-MIXTURE = dict(data="gmm", data_kwargs={"weights": WEIGHTS})
 
 
 def plan(budget, pairs, pair_steps):
@@ -76,11 +74,6 @@ def train_all(out, base, runs, names):
         done[name] = (path, time.perf_counter() - t0)
         print(f"[distill] {name}: {steps} steps, {done[name][1]:.0f}s", file=sys.stderr, flush=True)
     return done
-
-
-def sampled_run(path, method, steps):
-    """The run folder a step count samples: a PD lineage's round of that many steps."""
-    return os.path.join(path, f"steps-{steps}") if method == "pd" else path
 
 
 def measure_2d(out, seeds, budget, n, pairs, pair_steps):

@@ -43,6 +43,31 @@ def image_grid(images, path, nrow=10):
     Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
 
 
+def image_rows(rows, path, nrow=4, size=1.6):
+    """scatter_grid for images: rows is a list of (row_label, [(title, images in [-1, 1] (n, C, H, W)), ...]),
+    each panel the first nrow^2 images tiled as image_grid tiles them."""
+    import os
+    import tempfile
+
+    from PIL import Image
+    ncols = max(len(panels) for _, panels in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols, size * len(rows)), squeeze=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r, (label, panels) in enumerate(rows):
+            for c, ax in enumerate(axes[r]):
+                ax.set_xticks([]), ax.set_yticks([])
+                if c >= len(panels):
+                    ax.axis("off")
+                    continue
+                image_grid(panels[c][1][:nrow * nrow], os.path.join(tmp, "panel.png"), nrow=nrow)
+                ax.imshow(Image.open(os.path.join(tmp, "panel.png")).convert("RGB"))
+                ax.set_title(panels[c][0], fontsize=7)
+            axes[r][0].set_ylabel(label, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def save_image(image, path):
     """Save one image in [-1, 1], (C, H, W), as a PNG at its own size."""
     x = ((image.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()

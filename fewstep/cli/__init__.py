@@ -1,4 +1,4 @@
-"""The `fewstep` command: train, resume, info, sample, eval, edit, bench, demo.
+"""The `fewstep` command: train, resume, info, sample, eval, edit, bench, compare, demo.
 
 Every user error is one line on stderr and exit code 2; Ctrl-C is one line and exit code 130. This
 module imports only the standard library at the top: torch loads inside the commands, so `fewstep
@@ -432,6 +432,9 @@ def build_parser():
     b.add_argument("--n", type=positive_int, default=2000, help="samples per row (default 2000)")
     b.add_argument("--write-docs", metavar="FILE", help="append the table to FILE (docs/BENCHMARKS.md)")
     b.set_defaults(func=cmd_bench)
+
+    from .compare import add_parser as add_compare      # fewstep compare: its arguments live in cli/compare.py
+    add_compare(sub)
 
     lo = sub.add_parser("lora", help="LoRA adapters (LCM-LoRA, style): save one alone, apply and combine them",
                         description="save: write an lcm-lora or lora run's adapter alone as safetensors, with its "

@@ -1,0 +1,110 @@
+"""fewstep compare (fewstep/compare.py): every registered method is compared or excused with a reason, the
+teacher-call table, one-line errors, and `compare --fast` from the command line on the 2-D mixture and on
+Fashion-MNIST with a subset of methods: rows for every method, the files, the header, and a second call
+that reuses every run."""
+
+import json
+import math
+import os
+import sys
+import time
+
+import pytest
+
+from fewstep.compare import METHOD_NAMES, NOT_COMPARED, teacher_calls
+from fewstep.config import TrainConfig
+from fewstep.methods import METHODS
+from fewstep.methods.trajectory import ConsistencyTrajectory
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_user_paths import FMNIST, assert_png, cli, ok, one_line_error  # noqa: E402
+
+
+def test_every_registered_method_is_compared_or_excused():
+    assert set(METHOD_NAMES) | set(NOT_COMPARED) == set(METHODS), set(METHODS) ^ (set(METHOD_NAMES) | set(NOT_COMPARED))
+    assert not set(METHOD_NAMES) & set(NOT_COMPARED)
+
+
+@pytest.mark.parametrize("method, options, calls", [
+    ("cd", {}, 2), ("cd", {"solver": "euler"}, 1), ("ct", {}, 0), ("ict", {}, 0), ("rf", {}, 0), ("pd", {"N0": 16}, 2),
+    ("dmd", {}, 1), ("sds", {}, 1), ("add", {}, 1), ("kd", {}, 0), ("reflow", {}, 0), ("lcm", {"w_max": 0.0}, 1),
+])
+def test_teacher_calls_per_sample_and_step(method, options, calls):
+    assert teacher_calls(TrainConfig(method=method, method_kwargs=options)) == calls
+
+
+def test_teacher_calls_of_ctm_and_of_a_guided_teacher():
+    ctm = ConsistencyTrajectory(None, max_solver_steps=1).teacher_calls()
+    assert teacher_calls(TrainConfig(method="ctm", method_kwargs={"max_solver_steps": 1})) == ctm == 2.0
+    assert teacher_calls(TrainConfig(method="cd", teacher_guidance=2.0)) == 4           # (w + 1) D_c - w D_u
+
+
+def test_bad_method_is_one_line_and_writes_nothing(tmp_path):
+    line = one_line_error(cli("compare", "--methods", "cd,nope", "--out", tmp_path / "c"), "nope", "teacher", "ctm", "lcm")
+    assert "choose from" in line and not os.path.exists(tmp_path / "c")
+    one_line_error(cli("compare", "--data", "3d", "--out", tmp_path / "c"), "3d", "2d, fmnist")
+    one_line_error(cli("compare", "--seeds", "0,x", "--out", tmp_path / "c"), "--seeds")
+
+
+def test_missing_fashion_mnist_says_make_data(tmp_path, monkeypatch):
+    monkeypatch.setattr("fewstep.compare.FASHION_MNIST_ROOT", str(tmp_path / "nowhere"))
+    one_line_error(cli("compare", "--data", "fmnist", "--fast", "--out", tmp_path / "c"), "make data", "--data 2d")
+    assert not os.path.exists(tmp_path / "c")
+
+
+def timed_compare(*args):
+    t0 = time.perf_counter()
+    result = ok(cli("compare", "--fast", *args))
+    return result, time.perf_counter() - t0
+
+
+def check_outputs(out, data, rows_by_method, metrics):
+    """compare.json has the rows asked for with finite metrics and costs; compare.md its header and table."""
+    report = json.load(open(os.path.join(out, "compare.json")))
+    rows = report["datasets"][data]["rows"]
+    got = {}
+    for r in rows:
+        got.setdefault(r["method"], []).append((r["sampler"], r["steps"]))
+        values = [r[k][0] if isinstance(r[k], list) else r[k] for k in metrics + ("samples_per_s", "train_s", "peak_mb")]
+        assert all(math.isfinite(v) and v >= 0 for v in values), r
+        assert r["with_teacher_s"] >= r["train_s"] > 0 and r["peak_mb"] > 50, r
+    assert got == rows_by_method, got
+    text = open(os.path.join(out, "compare.md")).read()
+    assert text.startswith("# fewstep compare\n\nCommand: `fewstep compare --data " + data), text[:200]
+    assert "CPU cores" in text and "Budget rule: one EDM teacher trained 2B = 40 steps" in text
+    assert "peak resident set" in text and "Not compared: " in text
+    assert sum(line.startswith("|") for line in text.splitlines()) == 2 + len(rows)          # header, rule, rows
+    return report
+
+
+@pytest.mark.slow
+def test_fast_2d_compare_then_reuse(tmp_path):
+    out = str(tmp_path / "c")
+    first, seconds = timed_compare("--data", "2d", "--methods", "cd,kd,pd", "--out", out)
+    for name in ("teacher", "cd", "kd", "pd"):
+        assert f"[compare] 2d seed 0 {name}: trained" in first.stderr, first.stderr
+    few = [(s, k) for s in ("consistency",) for k in (1, 2, 4, 8)]
+    check_outputs(out, "2d", {"teacher (edm)": [("heun", 18)] + [("euler", k) for k in (1, 2, 4, 8)] + [("ddpm", 18)],
+                              "cd": few, "kd": [("consistency", 1)], "pd": [("euler", k) for k in (1, 2, 4, 8)]},
+                  ("swd", "modes_hit", "weight_tv"))
+    assert_png(os.path.join(out, "2d_samples.png"))
+    again, seconds_again = timed_compare("--data", "2d", "--methods", "cd,kd,pd", "--out", out)
+    assert "[compare] 0 run(s) trained, 4 reused" in again.stderr, again.stderr
+    assert " trained (" not in again.stderr and "pairs-" not in again.stderr, again.stderr
+    assert seconds_again < seconds / 2, (seconds, seconds_again)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(FMNIST), reason="needs dataset-fashion-mnist (make data)")
+def test_fast_fmnist_compare_then_reuse(tmp_path):
+    out = str(tmp_path / "c")
+    first, seconds = timed_compare("--data", "fmnist", "--methods", "add", "--n", "50", "--out", out)
+    report = check_outputs(out, "fmnist", {"teacher (edm)": [("heun", 18)] + [("euler", k) for k in (1, 2, 4, 8)]
+                                           + [("ddpm", 18)], "add": [("consistency", k) for k in (1, 2, 4)]},
+                           ("fd", "precision", "recall"))
+    assert report["datasets"]["fmnist"]["rows"][-1]["teacher_calls"] == 1
+    for name in ("fmnist_samples.png", "fmnist_fd_vs_nfe.png"):
+        assert_png(os.path.join(out, name))
+    again, seconds_again = timed_compare("--data", "fmnist", "--methods", "add", "--n", "50", "--out", out)
+    assert "[compare] 0 run(s) trained, 2 reused" in again.stderr, again.stderr
+    assert seconds_again < seconds / 2, (seconds, seconds_again)
