@@ -1,6 +1,6 @@
 """Latent consistency models on Fashion-MNIST (seed 004's tables in kind): the numbers of docs/BENCHMARKS.md.
 
-    python benchmarks/lcm.py --out bench_lcm                # about an hour on 2 CPU cores
+    python benchmarks/lcm.py --out bench_lcm                # about an hour on one CPU core
 
 Trains (or reuses: the command resumes) a small KL autoencoder, a class-conditional eps-prediction teacher in
 its latent space on Stable Diffusion's scaled-linear schedule (label dropout 0.1), LCM with the skipping step k
@@ -41,7 +41,7 @@ SD_SCHEDULE = {"schedule": "scaled-linear", "beta_start": 0.00085, "beta_end": 0
 
 def plan(args):
     """name -> (method, teacher name, method options, steps, extra config)."""
-    latent = dict(data="latents", net="unet", net_kwargs={"config": "cpu-tiny"}, cond=True, batch=128, lr=5e-4)
+    latent = dict(data="latents", net="unet", net_kwargs={"config": "cpu-tiny"}, cond=True, batch=64, lr=5e-4)
     runs = {
         "ae": ("vae", None, {}, args.ae_steps, dict(data="fashion-mnist", net="autoencoder", batch=64,
                                                       data_kwargs={"pad_to": 32}, lr=1e-3, log_every=100, ckpt_every=1000)),
@@ -66,7 +66,7 @@ def train_all(out, runs):
         cfg = TrainConfig(method=method, teacher=done[teacher][0] if teacher else None, method_kwargs=options,
                           steps=steps, **extra)
         t0 = time.perf_counter()
-        train(cfg, path, resume=True, progress=False)
+        train(cfg, path, resume=True, progress=True)         # about ten lines a run in the log
         done[name] = (path, time.perf_counter() - t0)
         print(f"[lcm] {name}: {steps} steps, {done[name][1]:.0f}s", file=sys.stderr, flush=True)
     return done
@@ -100,9 +100,9 @@ def main(argv=None):
     p.add_argument("--w", type=float, default=1.0, help="the table's guidance scale ((w + 1) D_c - w D_u)")
     p.add_argument("--k", type=lambda s: [int(v) for v in s.split(",")], default=[1, 5, 10, 20, 50])
     p.add_argument("--ae-steps", type=int, default=2000)
-    p.add_argument("--teacher-steps", type=int, default=6000)
-    p.add_argument("--budget", type=int, default=1000, help="training steps of every LCM and LCM-LoRA run")
-    p.add_argument("--style-steps", type=int, default=1000)
+    p.add_argument("--teacher-steps", type=int, default=4000)
+    p.add_argument("--budget", type=int, default=500, help="training steps of every LCM and LCM-LoRA run")
+    p.add_argument("--style-steps", type=int, default=500)
     p.add_argument("--rank", type=int, default=4, help="LoRA rank of LCM-LoRA and the style fine-tune")
     p.add_argument("--n", type=int, default=1000, help="samples per row")
     args = p.parse_args(argv)
