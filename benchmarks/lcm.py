@@ -12,12 +12,13 @@ teacher on the footwear classes. Then measures, at the fixed guidance scale w:
 - the k ablation at 1 and 4 steps;
 - LCM-LoRA at 4 steps on the teacher and on the style fine-tune (W + tau_1 + tau_2, merged), on the footwear
   classes against the test split's footwear, with trainable against full parameter counts.
-Writes OUT/lcm.md, OUT/lcm.json and sample grids.
+Writes OUT/lcm.md, OUT/lcm.json, sample grids and OUT/lcm_fmnist.png (LCM and the teacher's solvers side by side).
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -31,7 +32,7 @@ from fewstep.generate import generate
 from fewstep.metrics.fd import extract_features, fd_from_features
 from fewstep.metrics.features import load_feature_net
 from fewstep.metrics.precision_recall import precision_recall
-from fewstep.plots import image_grid
+from fewstep.plots import image_grid, image_rows
 from fewstep.runs import load_decoder, load_model
 from fewstep.train import train
 
@@ -88,10 +89,11 @@ def measure(rows, name, model, cfg, steps, *, sampler=None, w, feature_net, ref,
     rows.append({"model": name, "steps": steps, "nfe": nfe, "fd": fd_from_features(feats, ref),
                  **precision_recall(ref, feats, k=3), "class_match": class_match(feature_net, feats, asked),
                  "images_per_sec": rate})
-    image_grid(x[:100], os.path.join(out, f"{name.replace(' ', '_').replace(',', '')}_{steps}.png"), nrow=10)
+    image_grid(x[:100], os.path.join(out, f"{re.sub(r'[^A-Za-z0-9=.-]+', '_', name)}_{steps}.png"), nrow=10)
     r = rows[-1]
     print(f"[lcm] {name:28s} {steps:>3} steps  NFE {nfe:>3}  FD {r['fd']:7.2f}  P {r['precision']:.3f}  "
           f"R {r['recall']:.3f}  class {r['class_match']:.3f}", file=sys.stderr, flush=True)
+    return x[:16]
 
 
 def main(argv=None):
@@ -114,10 +116,14 @@ def main(argv=None):
     kw = dict(w=args.w, feature_net=feature_net, ref=ref, n=args.n, out=args.out)
     teacher, tcfg = load_model(done["teacher"][0])
     lcm, lcfg = load_model(done["lcm k=20"][0]) if 20 in args.k else load_model(done[f"lcm k={args.k[-1]}"][0])
+    panels = {}
     for steps in (1, 2, 4, 8):
-        measure(rows, "lcm", lcm, lcfg, steps, **kw)
+        x = measure(rows, "lcm", lcm, lcfg, steps, **kw)
+        panels.setdefault("LCM", []).append((f"{steps} steps, {rows[-1]['nfe']} NFE", x))
         for sampler in ("ddim", "dpm2", "dpmpp-2m"):
-            measure(rows, f"teacher, {sampler}", teacher, tcfg, steps, sampler=sampler, **kw)
+            x = measure(rows, f"teacher, {sampler}", teacher, tcfg, steps, sampler=sampler, **kw)
+            panels.setdefault(f"teacher, {sampler}", []).append((f"{steps} steps, {rows[-1]['nfe']} NFE", x))
+    image_rows(list(panels.items()), os.path.join(args.out, "lcm_fmnist.png"))
     measure(rows, "teacher, ddim", teacher, tcfg, 50, sampler="ddim", **kw)
     measure(rows, "teacher, no guidance, ddim", teacher, tcfg, 50, sampler="ddim", **{**kw, "w": 0.0})
     for k in args.k:
@@ -148,6 +154,7 @@ def measure_lora(rows, done, args, feature_net, teacher, tcfg):
         base, bcfg = (teacher, tcfg) if style is None else load_model(style)
         measure(rows, f"footwear: {name}, ddim", base, bcfg, 50, sampler="ddim", **kw)
         measure(rows, f"footwear: {name}, ddim", base, bcfg, 4, sampler="ddim", **kw)
+        measure(rows, f"footwear: {name}, ddim", base, bcfg, 2, sampler="ddim", **kw)     # 4 NFE, as LCM-LoRA's
         measure(rows, f"footwear: {name} + LCM-LoRA (rank {args.rank}: {trainable:,} of {full:,})", model, cfg, 4,
                 **{**kw, "w": None})
 
