@@ -197,6 +197,10 @@ class TrainConfig:
         if (self.method == "vae") != (self.net == "autoencoder") or (self.method == "vae" and self.cond):
             raise FewstepError("a latent autoencoder trains unconditionally with: fewstep train vae --net autoencoder "
                                "--data fashion-mnist --set data.pad_to=32")
+        if self.teacher_guidance and self.method in ("lcm", "lcm-lora", "lora"):
+            raise FewstepError(f"{self.method} guides its teacher itself (lcm: w ~ U[w_min, w_max]; lcm-lora: --set w=...)"
+                               if self.method != "lora" else "a style lora fine-tunes its teacher's weights and never "
+                               "samples it: leave out teacher_guidance")
         if self.teacher_guidance and not (self.cond and self.method in DISTILLATION):
             raise FewstepError(f"teacher_guidance needs a class-conditional distillation run ({', '.join(sorted(DISTILLATION))}) "
                                "with --set cond=true")

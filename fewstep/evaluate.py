@@ -119,7 +119,14 @@ def load_classifier(run):
 
 def check_guidance(run, model, cfg, guidance, classifier=None):
     """One line for a guidance scale the run cannot take (sample and eval)."""
-    if not guidance or classifier is not None or embeds(model, "w"):    # LCM: w is an input of the model
+    if embeds(model, "w"):                                              # LCM: w is an input of the model
+        options = {**cfg.method_defaults(), **cfg.method_kwargs}
+        lo, hi = (float(options[k]) for k in ("w_min", "w_max"))
+        if not lo <= guidance <= hi:
+            raise FewstepError(f"run {run} learned the guidance scale w in [{lo:g}, {hi:g}]; pass --guidance within it"
+                               + ("" if cfg.cond else " (an unconditional run: leave --guidance out)"))
+        return
+    if not guidance or classifier is not None:
         return
     if cfg.method in ("lcm", "lcm-lora"):
         raise FewstepError(f"run {run} was distilled at one fixed guidance scale (w={cfg.method_kwargs.get('w', 0)}); "

@@ -156,7 +156,7 @@ def pipeline_of(model, cfg, run_dir):
 def export_run(run_dir, out, *, which="ema", overwrite=False):
     """Write the run's model (its `which` weights) as a diffusers pipeline folder `out`; returns the pipeline."""
     from .outputs import output_dir
-    from .runs import load_config, load_decoder, load_model
+    from .runs import load_config, load_model
     cfg = load_config(run_dir)
     if cfg.net != "diffusers":
         raise FewstepError(f"run {run_dir} has fewstep's own {cfg.net!r} network, which diffusers cannot load; "
@@ -165,7 +165,10 @@ def export_run(run_dir, out, *, which="ema", overwrite=False):
         import diffusers  # noqa: F401
     except ImportError:
         raise FewstepError("fewstep export needs the diffusers package: pip install 'fewstep[diffusers]'") from None
-    if load_decoder(cfg) is not None:
+    if cfg.method in ("lcm-lora", "lora"):
+        raise FewstepError(f"run {run_dir} is a {cfg.method} run, whose network carries a LoRA adapter; merge it into "
+                           "a plain run first (fewstep lora apply ... --out RUN2) or export its teacher")
+    if cfg.data == "latents":
         raise FewstepError(f"run {run_dir} samples latents of {cfg.data!r}; fewstep exports pixel-space runs only "
                            "(DDPMPipeline and ConsistencyModelPipeline have no decoder)")
     model, cfg = load_model(run_dir, which)

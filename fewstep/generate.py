@@ -8,7 +8,7 @@ schedule for DDPM), so Heun with 18 steps costs 35 NFE as in EDM.
 import torch
 
 from .errors import FewstepError
-from .guidance import GuidanceScaleInput, embeds, guide, network_calls
+from .guidance import Guided, embeds, guide, network_calls
 from .methods import METHODS
 from .nets import sample_shape
 from .sampling import FEW_STEP_SAMPLERS, SAMPLERS, nfe, sample_consistency, sample_gamma, sample_lcm
@@ -46,7 +46,7 @@ def pick_sampler(cfg, sampler=None):
         raise FewstepError(f"a {cfg.method!r} run is not a generator; {kind.use}")
     sampler = sampler or default_sampler(cfg)
     if sampler not in (*FEW_STEP_SAMPLERS, *SAMPLERS):
-        raise FewstepError(f"unknown sampler {sampler!r}; choose one of: consistency, gamma, lcm, {', '.join(sorted(SAMPLERS))}")
+        raise FewstepError(f"unknown sampler {sampler!r}; choose one of: {', '.join([*FEW_STEP_SAMPLERS, *sorted(SAMPLERS)])}")
     if sampler not in kind.samplers:
         raise FewstepError(f"a run trained with {cfg.method!r} makes a {kind.name} model, which samples with "
                            f"--sampler {' or '.join(sorted(kind.samplers))}")
@@ -83,7 +83,7 @@ def generate(model, cfg, n, steps, *, sampler=None, taus=None, generator=None, c
     sampler = check_sampling(cfg, sampler, taus)
     if n < 1:
         raise FewstepError(f"the number of samples must be at least 1, got {n}")
-    if guidance is not None or (embeds(model, "w") and not isinstance(model, GuidanceScaleInput)):
+    if not isinstance(model, Guided) and (guidance is not None or embeds(model, "w")):
         model = guide(model, cfg, guidance or 0.0)
     try:
         shape = shape or sample_shape(model.net)

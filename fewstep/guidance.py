@@ -15,7 +15,7 @@ def drop_labels(labels, p, null_label, generator=None):
     return ClassLabel(null_label).drop(labels, p, generator)
 
 
-class _Guided(torch.nn.Module):
+class Guided(torch.nn.Module):
     """A guided denoiser answers for the model it wraps: `process` (generate reads it for VP runs) and
     `net` (the raw network: img_shape, num_classes). A wrapped model without them (a plain function)
     raises AttributeError, so hasattr() tells the same for the wrapper as for the model."""
@@ -33,7 +33,7 @@ class _Guided(torch.nn.Module):
         return self.D.kind
 
 
-class ClassifierFreeGuidance(_Guided):
+class ClassifierFreeGuidance(Guided):
     """eps_bar = (w + 1) eps(x, t, c) - w eps(x, t, null) (seed 002), i.e. D_bar = (w + 1) D_c - w D_u, for
     any conditions that have a null value (fewstep.conditions). w = 0 is the conditional model. The
     default guides the class label, whose null is `null_label` (the label trained for "no class")."""
@@ -54,7 +54,7 @@ class ClassifierFreeGuidance(_Guided):
         return (self.w + 1) * D_c - self.w * D_u
 
 
-class ClassifierGuidance(_Guided):
+class ClassifierGuidance(Guided):
     """eps_bar = eps - sqrt(1 - abar) w grad log p(y | x_t) (seed 002); in VE coordinates the guided score is
     score + w grad_x log p(y | x, sigma), so D_bar = D + w sigma^2 grad_x log p(y | x, sigma).
     `classifier(x, sigma) -> logits` is a noise-conditional classifier."""
@@ -79,10 +79,11 @@ class ClassifierGuidance(_Guided):
 def embeds(model, name):
     """Whether a model's raw network takes the scalar condition `name` (LCM's w, CTM's s)."""
     net = getattr(model, "net", None)
-    return name in (getattr(net, "map_scalar", None) or getattr(net, "scalar_emb", None) or {})
+    return name in (getattr(net, "map_scalar", None) or getattr(net, "scalar_emb", None) or getattr(net, "scalars", None)
+                    or {})
 
 
-class GuidanceScaleInput(_Guided):
+class GuidanceScaleInput(Guided):
     """A model distilled with the guidance scale as an input (LCM, seed 004): D(x, sigma, w=w) with one w for
     every sample; a single network call, unlike classifier-free guidance."""
 

@@ -365,9 +365,7 @@ def nfe(name, sigmas, *, n_steps=LANGEVIN_STEPS, denoise=True):
     s = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
     if name in ("euler", "ddim", "ddpm", "dpmpp-2m"):
         return len(s) - 1
-    if name == "dpm2":
-        return 2 * (len(s) - 1) - sum(1 for v in s[1:] if v == 0)
-    if name == "heun":
+    if name in ("heun", "dpm2"):
         return 2 * (len(s) - 1) - sum(1 for v in s[1:] if v == 0)
     if name == "langevin":
         return n_steps * sum(1 for v in s if v > 0) + int(denoise)

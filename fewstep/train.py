@@ -171,6 +171,10 @@ def _load_teacher(cfg, net, dist_info):
     if cfg.teacher_guidance and not teacher_cfg.label_dropout:
         raise FewstepError(f"teacher_guidance needs a teacher that learned the null label; {cfg.teacher} was trained "
                            "with label_dropout=0: retrain it with --set label_dropout=0.1")
+    try:
+        METHODS[cfg.method].check_teacher({**cfg.method_defaults(), **cfg.method_kwargs}, teacher_cfg)
+    except ValueError as e:
+        raise FewstepError(f"the teacher {cfg.teacher} cannot teach {cfg.method!r}: {e}") from None
     return teacher
 
 

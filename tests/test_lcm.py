@@ -15,6 +15,7 @@ from fewstep.precond import LCMPrecond, VPPrecond, lcm_scalings
 from fewstep.processes import VPDiscrete
 from fewstep.runs import load_model
 from fewstep.sampling import sample_lcm
+from oracles import use_labelled_mixture
 from test_user_paths import FMNIST, cli, needs_fmnist, ok, one_line_error, read_json
 
 SD = VPDiscrete(1000, 0.00085, 0.012, "scaled-linear")
@@ -162,9 +163,15 @@ def test_fmnist_guided_lcm_user_path(tmp_path):
     ok(cli("eval", tmp_path / "t", "--steps", "2", "--sampler", "dpm2", "--n", "20", "--guidance", "1",
            "--out", tmp_path / "e2", "--quiet"))
     assert read_json(tmp_path / "e2" / "metrics.json")[0]["nfe"] == 6          # (2 + 1) steps x 2 for CFG
+    one_line_error(cli("sample", tmp_path / "l", "--steps", "1", "--guidance", "5", "--out", tmp_path / "x"),
+                   "learned the guidance scale w in [0, 3]")
+    # editing a pixel-space LCM (its w input at w_min) with LCM's sampler and projections
+    ok(cli("edit", "inpaint", tmp_path / "l", "--from-data", "2", "--box", "7,7,21,21", "--samples", "1",
+           "--label", "3", "--out", tmp_path / "ed"))
+    assert os.path.isfile(tmp_path / "ed" / "metrics.json") or os.listdir(tmp_path / "ed")
 
 
-def test_bad_lcm_options_are_one_line(tmp_path):
+def test_bad_lcm_options_are_one_line(tmp_path, monkeypatch):
     teacher = tmp_path / "t"
     ok(cli("train", "ddpm", "--steps", "2", "--set", "net.width=16", "--quiet", "--out", teacher))
     one_line_error(cli("train", "lcm", "--teacher", teacher, "--steps", "1", "--quiet", "--out", tmp_path / "a"),
@@ -178,6 +185,15 @@ def test_bad_lcm_options_are_one_line(tmp_path):
     ok(cli("train", "edm", "--steps", "2", "--set", "net.width=16", "--quiet", "--out", edm))
     one_line_error(cli("train", "lcm", "--teacher", edm, "--set", "w_max=0", "--steps", "1", "--quiet",
                        "--out", tmp_path / "d"), "ddpm")
+    # guidance needs a teacher that learned the null label; LCM guides its teacher itself
+    use_labelled_mixture(monkeypatch)
+    labelled = ["--set", "net.width=16", "--quiet", "--set", "cond=true", "--data", "labelled"]
+    ok(cli("train", "ddpm", "--steps", "2", *labelled, "--out", tmp_path / "c0"))
+    one_line_error(cli("train", "lcm", "--teacher", tmp_path / "c0", *labelled, "--steps", "1", "--out", tmp_path / "e"),
+                   "label_dropout=0", "w_max=0")
+    one_line_error(cli("train", "lcm", "--teacher", tmp_path / "c0", *labelled, "--set", "teacher_guidance=2",
+                       "--steps", "1", "--out", tmp_path / "f"), "guides its teacher itself")
+    assert not any(os.path.exists(tmp_path / n) for n in "ef")
 
 
 @pytest.fixture(scope="module")
@@ -227,4 +243,8 @@ def test_lora_apply_is_the_unmerged_combination(lora_runs, tmp_path):
     one_line_error(cli("lora", "apply", lora_runs / "t", "--base", lora_runs / "t", "--out", tmp_path / "x"),
                    "no LoRA adapter", "lcm-lora")
     one_line_error(cli("lora", "save", lora_runs / "t"), "no LoRA adapter")
+    one_line_error(cli("lora", "apply", lora_runs / "acc", "--base", lora_runs / "style", "--out", tmp_path / "x"),
+                   "adapter would be dropped")
+    one_line_error(cli("lora", "apply", lora_runs / "acc", "--base", lora_runs / "t", "--weights", "1,x",
+                       "--out", tmp_path / "x"), "--weights takes numbers")
     assert not os.path.exists(tmp_path / "x")

@@ -16,6 +16,8 @@ from ..editing import (LUMA, Colorization, Inpainting, SuperResolution, box_hole
                       solve_inverse, stroke_guided)
 from ..errors import FewstepError
 from ..generate import pick_sampler, run_process
+from ..guidance import embeds, guide
+from ..sampling import FEW_STEP_SAMPLERS
 from ..outputs import check_outputs, output_dir
 from ..plots import image_grid, save_image
 from ..runs import build_dataset, load_config, load_model
@@ -169,6 +171,8 @@ def run_edit(args):
     check_outputs(args.out, _outputs(args.task), args.overwrite)
     model, cfg = load_model(args.run, args.which)
     pick_sampler(cfg, args.sampler)
+    if embeds(model, "w"):                  # LCM: edits at the lowest guidance scale it learned (w_min, default 0)
+        model = guide(model, cfg, float({**cfg.method_defaults(), **cfg.method_kwargs}["w_min"]))
     shape = tuple(model.net.img_shape) if hasattr(model.net, "img_shape") else None
     if shape is None:
         raise FewstepError(f"fewstep edit works on image runs; {args.run} was trained on flat {cfg.data!r} data")
@@ -178,7 +182,7 @@ def run_edit(args):
         raise FewstepError(f"--samples must be at least 1, got {k}")
     if args.steps is not None and args.steps < 1:
         raise FewstepError(f"--steps must be at least 1, got {args.steps}")
-    cm = pick_sampler(cfg, args.sampler) in ("consistency", "gamma")      # few-step samplers
+    cm = pick_sampler(cfg, args.sampler) in FEW_STEP_SAMPLERS             # few-step samplers
     ode_steps = getattr(run_process(model, cfg), "N", 18)                  # a PD round walks its own grid
     if args.task == "interpolate":
         if args.input or args.from_data:

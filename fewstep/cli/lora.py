@@ -52,6 +52,13 @@ def apply(accel_run, base_run, out, style_run=None, weights=(1.0, 1.0)):
         raise FewstepError(f"{out} already holds a run; choose a new --out folder")
     model, cfg, accel = _adapter_run(accel_run, ("lcm-lora",))
     base, base_cfg = load_model(base_run)
+    if base_cfg.method in ("lcm-lora", "lora"):
+        raise FewstepError(f"--base {base_run} is a {base_cfg.method} run, whose adapter would be dropped; pass its "
+                           "teacher as --base (and a style run as --style)")
+    if getattr(base.process, "config", lambda: None)() != model.process.config():
+        raise FewstepError(f"--base {base_run} samples another process ({base.process.name} "
+                           f"{getattr(base.process, 'config', dict)()}) than {accel_run}'s teacher "
+                           f"({model.process.config()}); apply the adapter to its teacher or a fine-tune of it")
     style = _adapter_run(style_run, ("lora",)) if style_run else None
     net = model.net
     try:
@@ -87,7 +94,10 @@ def run_lora(args):
         print(f"LoRA adapter of {args.run}: {trainable:,} trainable parameters, {100 * trainable / full:.1f}% of the "
               f"{full:,} of the full network -> {path}")
         return
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0, 1.0]
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0, 1.0]
+    except ValueError:
+        raise FewstepError(f"--weights takes numbers lambda_1,lambda_2 (acceleration, style), got {args.weights!r}") from None
     if len(weights) != 2 and not (len(weights) == 1 and not args.style):
         raise FewstepError(f"--weights takes lambda_1,lambda_2 (acceleration, style), got {args.weights!r}")
     recipe = apply(args.run, args.base, args.out, args.style, weights + [1.0])

@@ -66,6 +66,11 @@ class Method:
     def loss(self, group, nets, batch, *, k, generator):
         return self(nets["net"], batch, target=nets.get("target"), k=k, generator=generator)
 
+    @classmethod
+    def check_teacher(cls, options, teacher_cfg):
+        """Raise ValueError for a teacher run (its TrainConfig) that this method, with these options, cannot
+        distill; the weights are checked when they load."""
+
     def prepare(self, run):
         """Make what training needs before its first step (a distillation's teacher pairs). `run` holds the
         run's cfg, one sample's shape, num_classes (0: unconditional), device, dist and pair_folder (where

@@ -50,10 +50,25 @@ class LatentConsistencyDistillation(Method):
     def mu(self, k):
         return self.mu_value
 
+    @classmethod
+    def check_teacher(cls, options, teacher_cfg):
+        if cls.guidance(options) > 0 and not teacher_cfg.cond:
+            raise ValueError("it is unconditional, and LCM distills a classifier-free-guided teacher: train a "
+                             f"class-conditional one (--set cond=true --set label_dropout=0.1), or {cls.no_guidance}")
+        if cls.guidance(options) > 0 and not teacher_cfg.label_dropout:
+            raise ValueError(f"it was trained with label_dropout=0, so its null label (the unconditional D of the "
+                             f"guided target) was never learned; retrain it with --set label_dropout=0.1, or {cls.no_guidance}")
+
+    @staticmethod
+    def guidance(options):
+        return options["w_max"]
+
+    no_guidance = "--set w_max=0"
+
     def prepare(self, run):
         if self.w_max > 0 and not run.num_classes:
             raise ValueError("LCM distills a classifier-free-guided teacher: use a class-conditional run (--set "
-                             "cond=true, a teacher trained with label_dropout > 0), or --set w_max=0")
+                             f"cond=true, a teacher trained with label_dropout > 0), or {self.no_guidance}")
 
     def draw_w(self, n, generator):
         return self.w_min + (self.w_max - self.w_min) * torch.rand(n, generator=generator, dtype=torch.float64)
@@ -92,7 +107,20 @@ class LatentConsistencyDistillation(Method):
         return {**cond, "w": w}
 
 
-class LCMLoRA(LatentConsistencyDistillation):
+class LoRAOnly:
+    """A method that trains only a LoRA adapter (peft; fewstep.lora), named `adapter`, on the frozen network it
+    starts from (its teacher's)."""
+
+    groups = {"net": Group(params="*lora_*")}
+    adapter = None
+
+    @classmethod
+    def adapt_net(cls, net, options):
+        from ..lora import add_lora
+        return add_lora(net, options.get("rank", 8), options.get("alpha"), adapter=cls.adapter)
+
+
+class LCMLoRA(LoRAOnly, LatentConsistencyDistillation):
     """LCM-LoRA (seed 004, "LCM-LoRA"): LCM distillation that trains only a LoRA adapter ("lcm", rank r) on the
     frozen teacher network, at one fixed guidance scale w (the student has no w input), with the student
     itself (no gradient) as theta^-. The trained adapter is an "acceleration vector" tau_1: saved alone
@@ -100,27 +128,28 @@ class LCMLoRA(LatentConsistencyDistillation):
     with a style adapter as lambda_1 tau_1 + lambda_2 tau_2 (`fewstep lora apply`, fewstep.lora)."""
 
     conditions, net_scalars = (), ()
-    groups = {"net": Group(params="*lora_*")}
     adapter = "lcm"
+    no_guidance = "--set w=0"
+
+    @staticmethod
+    def guidance(options):
+        return options["w"]
 
     def emas(self):
         return {}
 
     def __init__(self, teacher, w=1.0, rank=8, alpha=None, k=20, solver="ddim", distance="l2", timestep_scaling=10.0,
                  c=None, T=1000, beta_start=0.00085, beta_end=0.012, schedule="scaled-linear"):
-        super().__init__(teacher, k, w, w, solver, distance, 0.0, timestep_scaling, c, T, beta_start, beta_end, schedule)
+        super().__init__(teacher, k=k, w_min=w, w_max=w, solver=solver, distance=distance, mu=0.0,
+                         timestep_scaling=timestep_scaling, c=c, T=T, beta_start=beta_start, beta_end=beta_end,
+                         schedule=schedule)
         self.w, self.rank, self.alpha = w, rank, alpha
-
-    @classmethod
-    def adapt_net(cls, net, options):
-        from ..lora import add_lora
-        return add_lora(net, options.get("rank", 8), options.get("alpha"), adapter=cls.adapter)
 
     def student_cond(self, cond, w):
         return cond
 
 
-class DiffusionLoRA(Method):
+class DiffusionLoRA(LoRAOnly, Method):
     """A LoRA fine-tune of an eps-prediction diffusion teacher (seed 004's "style" LoRA, whose update tau_2
     LCM-LoRA combines with its acceleration vector): DDPM's loss E ||eps_theta(x_t, t) - eps||^2 on the run's
     data (a subset of classes, another dataset of the same shape), only the adapter "style" trained on the
@@ -129,18 +158,12 @@ class DiffusionLoRA(Method):
     produces, process = DENOISER, VPDiscrete
     starts_from_teacher = True
     process_from_teacher = True
-    groups = {"net": Group(params="*lora_*")}
     adapter = "style"
 
     def __init__(self, teacher, rank=8, alpha=None, T=1000, beta_start=1e-4, beta_end=0.02, schedule="linear"):
         from .diffusion import DDPMLoss
         self.ddpm = DDPMLoss(T, beta_start, beta_end, schedule)
         self.process, self.teacher = self.ddpm.process, teacher
-
-    @classmethod
-    def adapt_net(cls, net, options):
-        from ..lora import add_lora
-        return add_lora(net, options.get("rank", 8), options.get("alpha"), adapter=cls.adapter)
 
     def __call__(self, net, batch, *, generator=None, **_):
         return self.ddpm(net, batch, generator=generator)
