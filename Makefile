@@ -70,4 +70,4 @@ test: $(TEST_STAMP) data
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(DEMO_OUT) $(FM_OUT) $(BENCH_OUT) $(EDIT_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) $(FM_OUT) $(BENCH_OUT) $(EDIT_OUT) compare_out .pytest_cache
