@@ -286,3 +286,4 @@ def test_export_refuses_what_diffusers_cannot_load(ddpm_export, tmp_path):
     ok(cli("train", "edm", "--set", "net.width=8", "--set", "net.depth=1", "--batch", "8", "--steps", "1",
            "--quiet", "--out", toy))
     one_line_error(cli("export", toy, tmp_path / "out"), "fewstep's own 'mlp' network", "--net diffusers")
+    assert not os.path.exists(tmp_path / "out")                       # a refused export writes nothing

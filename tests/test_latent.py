@@ -156,6 +156,8 @@ def test_a_vae_run_is_refused_where_a_generator_is_needed(ae_run, tmp_path):
                    "--net autoencoder")
     one_line_error(cli("train", "vae", "--net", "autoencoder", "--data", "fashion-mnist", "--set", "cond=true",
                        "--out", tmp_path / "x"), "unconditionally")
+    assert not any(os.path.exists(tmp_path / name) for name in ("sample", "eval", "x"))   # nothing written
+    assert not os.path.exists(os.path.join(ae_run, "samples")) and not os.path.exists(os.path.join(ae_run, "eval"))
 
 
 @needs_fmnist
