@@ -120,17 +120,24 @@ def save_checkpoint(path, tensors, meta):
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def load_checkpoint(path):
-    """(tensors, meta) from a checkpoint; a missing, truncated or foreign file raises FewstepError."""
+def read_safetensors(path, missing, corrupt):
+    """(tensors, header metadata) of a safetensors file; FewstepError `missing` for no file, and `corrupt`
+    (formatted with {reason}) for one safetensors cannot read."""
     if not os.path.isfile(path):
-        raise FewstepError(f"no checkpoint at {path}; train first (fewstep train ... --out RUN) or check the path")
+        raise FewstepError(missing)
     try:
         tensors = load_file(path)
         with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
+            return tensors, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise FewstepError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0][:80]}); "
-                           "delete it and retrain, or restore it from a copy") from None
+        raise FewstepError(corrupt.format(reason=str(e).splitlines()[0][:80])) from None
+
+
+def load_checkpoint(path):
+    """(tensors, meta) from a checkpoint; a missing, truncated or foreign file raises FewstepError."""
+    tensors, metadata = read_safetensors(
+        path, f"no checkpoint at {path}; train first (fewstep train ... --out RUN) or check the path",
+        f"checkpoint {path} is corrupt or truncated ({{reason}}); delete it and retrain, or restore it from a copy")
     if metadata.get("format") not in (FORMAT, FORMAT_1):
         raise FewstepError(f"{path} is not a fewstep checkpoint (format {metadata.get('format')!r}); "
                            "pass the run folder that fewstep train wrote")

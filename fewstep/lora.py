@@ -210,17 +210,10 @@ def save_adapter(path, net, adapter="default", metadata=None):
 
 def read_adapter(path):
     """(tensors, metadata) of an adapter file; one line for a missing, corrupt or foreign file."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-    if not os.path.isfile(path):
-        raise FewstepError(f"no LoRA adapter file at {path}; check the path (fewstep.lora.save_adapter writes one)")
-    try:
-        tensors = load_file(path)
-        with safe_open(path, framework="pt") as f:
-            header = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise FewstepError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:80]}); "
-                           "pass an adapter written by fewstep.lora.save_adapter") from None
+    from .checkpoint import read_safetensors
+    tensors, header = read_safetensors(
+        path, f"no LoRA adapter file at {path}; check the path (fewstep.lora.save_adapter writes one)",
+        f"{path} is not a readable safetensors file ({{reason}}); pass an adapter written by fewstep.lora.save_adapter")
     if header.get("format") != FORMAT:
         raise FewstepError(f"{path} is not a fewstep LoRA adapter (format {header.get('format')!r}); "
                            "pass a file written by fewstep.lora.save_adapter")
