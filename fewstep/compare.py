@@ -112,8 +112,8 @@ def plan(data, s):
         "teacher": Run("edm", None, {}, 2 * B, (("heun", (18,)), ("euler", FEW), ("ddpm", (18,)))),
         "ddpm-teacher": Run("ddpm", None, SD_BETAS, 2 * B, (("ddim", (18,)),)),
         "cd": Run("cd", "teacher", {"N": 18, **({"distance": "pseudo-huber"} if images else {})}, B, ((None, FEW),)),
-        "ct": Run("ct", None, {"s1": 40, "distance": "pseudo-huber"} if images else
-                  {"s1": 20, "distance": "pseudo-huber", "weighting": "inverse-dsigma"}, B, ((None, FEW),)),
+        "ct": Run("ct", None, {"s1": 40 if images else 20, "distance": "pseudo-huber", "weighting": "inverse-dsigma"},
+                  B, ((None, FEW),)),
         "ict": Run("ict", None, {"s1": 160}, B, ((None, FEW),)),
         "cd-continuous": Run("cd-continuous", "teacher", {}, B, ((None, FEW),)),
         "ct-continuous": Run("ct-continuous", None, {}, B, ((None, FEW),)),

@@ -36,7 +36,8 @@ def bench_configs(out, budget):
         "teacher": TrainConfig(method="edm", steps=budget["teacher"], **base),
         "cd": TrainConfig(method="cd", teacher=teacher, steps=budget["cd"], **base,
                           method_kwargs={"N": 18, "solver": "heun", "distance": "pseudo-huber"}),
-        "ct": TrainConfig(method="ct", steps=budget["ct"], **base, method_kwargs={"s1": 40, "distance": "pseudo-huber"}),
+        "ct": TrainConfig(method="ct", steps=budget["ct"], **base,
+                          method_kwargs={"s1": 40, "distance": "pseudo-huber", "weighting": "inverse-dsigma"}),
         "ict": TrainConfig(method="ict", steps=budget["ict"], **base, method_kwargs={"s1": 160}),
     }
 
