@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from .checkpoint import make_dir, read_json, write_json
+from .checkpoint import load_checkpoint, make_dir, read_json, write_json
 from .config import TrainConfig
 from .data.images import FASHION_MNIST_ROOT
 from .errors import FewstepError
@@ -200,8 +200,8 @@ def config_of(run, base, seed, teacher_path):
 
 def train_runs(folder, base, runs, names, seed, label, log):
     """Train (or reuse) each named run under folder; returns name -> {config, seconds, peak_mb, peak, start_mb,
-    path, pair_seconds, pair_peak_mb, reused}. A run resumed after an interruption counts the seconds of the
-    call that finished it."""
+    path, pair_seconds, pair_peak_mb, reused}. A run resumed after an interruption (at step k0 of its K) is timed
+    by the call that finished it, scaled by K / (K - k0) and marked `resumed_at`."""
     done = {}
     for name in names:
         run = runs[name]
@@ -213,12 +213,19 @@ def train_runs(folder, base, runs, names, seed, label, log):
         record, reused = reusable(path, cfg), True
         if record is None:
             record, reused = {"config": cfg.flat(), **child(folder, name, "train", cfg, path)}, False
+            if 0 < record["resumed_at"] < cfg.steps:
+                record["seconds"] *= cfg.steps / (cfg.steps - record["resumed_at"])
             write_json(os.path.join(path, RECORD), record)
         done[name] = {**record, "path": path, "pair_seconds": pairs["seconds"], "pair_peak_mb": pairs["peak_mb"],
                       "reused": reused}
         log(f"{label} {name}: {'reused' if reused else 'trained'} ({run.steps} steps"
-            f"{' a round' if run.method == 'pd' else ''}, {record['seconds']:.1f} s, peak {record['peak_mb']:.0f} MB)")
+            f"{' a round' if run.method == 'pd' else ''}, {record['seconds']:.1f} s{resumed(record)}, "
+            f"peak {record['peak_mb']:.0f} MB)")
     return done
+
+
+def resumed(record):
+    return f" (resumed at step {record['resumed_at']}: scaled)" if record.get("resumed_at") else ""
 
 
 def reusable(path, cfg):
@@ -266,7 +273,8 @@ def child(folder, name, job, cfg, path):
         raise FewstepError(f"{name} failed: {last_line(log_path)} (log: {log_path})")
     measured = read_json(result, "child result", kind=dict)
     cuda = measured["cuda_peak_mb"] is not None
-    return {"seconds": measured["seconds"], **({"made": measured["made"]} if job == "pairs" else {}),
+    return {"seconds": measured["seconds"], "resumed_at": measured["resumed_at"],
+            **({"made": measured["made"]} if job == "pairs" else {}),
             "peak_mb": measured["cuda_peak_mb"] if cuda else usage.ru_maxrss / 1024,    # ru_maxrss is in KiB on Linux
             "peak": "CUDA allocated" if cuda else "process RSS", "start_mb": measured["start_mb"]}
 
@@ -288,7 +296,11 @@ def child_main(spec_path):
     cfg = TrainConfig.from_dict(spec["config"])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    checkpoint = os.path.join(spec["run"], "checkpoint.safetensors")
+    resumed_at = 0                              # PD resumes by rounds: its seconds are the finishing call's
     try:
+        if spec["job"] == "train" and cfg.method != "pd" and os.path.isfile(checkpoint):
+            resumed_at = load_checkpoint(checkpoint)[1]["k"]
         t0 = time.perf_counter()
         if spec["job"] == "pairs":              # the pairs alone: the clock starts once the teacher is loaded
             state, cached = build_state(cfg, prepare=False), pair_files(cfg)
@@ -305,7 +317,7 @@ def child_main(spec_path):
     seconds = time.perf_counter() - t0
     cuda_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_initialized() else None
     write_json(spec["result"], {"seconds": seconds, "cuda_peak_mb": cuda_mb, "start_mb": start_mb,
-                                "made": made if spec["job"] == "pairs" else None})
+                                "made": made if spec["job"] == "pairs" else None, "resumed_at": resumed_at})
     return 0
 
 
@@ -563,6 +575,11 @@ def markdown(command, s, rule, datasets, seconds):
                   f"Seed {s.seeds[0]}; {s.n_images} samples per row against {s.n_ref} test images, in the shipped "
                   f"classifier's features. {network('fmnist', s)}", "", table_fmnist(datasets["fmnist"]["rows"]), ""]
     parts += notes(peak_measure(datasets))
+    scaled = sorted({name for d in datasets.values() for done in d["runs"].values() for name, rec in done.items()
+                     if rec.get("resumed_at")})
+    if scaled:
+        parts += ["", "Resumed after an interruption, so timed by the call that finished them and scaled by K / (K - k0): "
+                  + ", ".join(scaled) + "."]
     parts += ["", "Not compared: " + "; ".join(f"{m} ({why})" for m, why in NOT_COMPARED.items()) + "."]
     return "\n".join(parts) + "\n"
 

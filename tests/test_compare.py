@@ -3,6 +3,7 @@ teacher-call table, one-line errors, and `compare --fast` from the command line 
 Fashion-MNIST with a subset of methods: rows for every method, the files, the header, and a second call
 that reuses every run."""
 
+import dataclasses
 import json
 import math
 import os
@@ -109,3 +110,21 @@ def test_fast_fmnist_compare_then_reuse(tmp_path):
     again, seconds_again = timed_compare("--data", "fmnist", "--methods", "add", "--n", "50", "--out", out)
     assert "[compare] 0 run(s) trained, 2 reused" in again.stderr, again.stderr
     assert seconds_again < seconds / 2, (seconds, seconds_again)
+
+
+def test_an_interrupted_run_resumes_and_its_seconds_are_scaled(tmp_path):
+    """A teacher stopped at step 10 of 40 is resumed by compare's child process, not retrained; its seconds
+    are the finishing call's times 40 / 30, and compare.json records where it resumed."""
+    from fewstep.compare import base_config, config_of, make_settings, plan, train_runs
+    from fewstep.train import train
+    s = make_settings(fast=True)
+    base, runs = base_config("2d", s), plan("2d", s)
+    cfg = config_of(runs["teacher"], base, 0, None)
+    train(dataclasses.replace(cfg, steps=10), str(tmp_path / "teacher"), progress=False)
+    lines = []
+    done = train_runs(str(tmp_path), base, runs, ["teacher"], 0, "[t]", lines.append)
+    assert done["teacher"]["resumed_at"] == 10 and not done["teacher"]["reused"], done
+    assert "resumed at step 10: scaled" in lines[0], lines
+    record = json.load(open(tmp_path / "teacher" / "compare_run.json"))
+    raw = json.load(open(tmp_path / "logs" / "teacher.result.json"))["seconds"]          # the child's own clock
+    assert record["resumed_at"] == 10 and record["seconds"] == pytest.approx(raw * 40 / 30) and raw > 0
