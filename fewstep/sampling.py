@@ -83,11 +83,12 @@ def _gamma(sigma, n, S_churn, S_tmin, S_tmax):
 
 
 def ode_step(D, x, sigma, sigma_next, solver="heun", cond=None, *, dtype=None):
-    """One Euler or Heun step of the PF-ODE from sigma to sigma_next (EDM's Algorithm 1, lines 4-8;
-    the one-step solver Phi of seed 000's Algorithm 2). Heun's trapezoidal correction is skipped where
-    sigma_next = 0. sigma, sigma_next: floats or (B,) tensors; D runs in `dtype` (default: x's)."""
-    if solver not in ("euler", "heun"):
-        raise ValueError(f"unknown ODE solver {solver!r}; choose 'euler' or 'heun'")
+    """One Euler, Heun or DPM-Solver-2 step of the PF-ODE from sigma to sigma_next (Euler and Heun: EDM's
+    Algorithm 1, lines 4-8, the one-step solver Phi of seed 000's Algorithm 2; "dpm2": see sample_dpm2). The
+    second evaluation is skipped where sigma_next = 0 (Euler there). sigma, sigma_next: floats or (B,) tensors;
+    D runs in `dtype` (default: x's)."""
+    if solver not in ("euler", "heun", "dpm2"):
+        raise ValueError(f"unknown ODE solver {solver!r}; choose 'euler', 'heun' or 'dpm2'")
     dtype = dtype or x.dtype
     sigma, sigma_next = as_sigma(sigma, x), as_sigma(sigma_next, x)
     h = append_dims(sigma_next - sigma, x.ndim)
@@ -96,6 +97,10 @@ def ode_step(D, x, sigma, sigma_next, solver="heun", cond=None, *, dtype=None):
     last = sigma_next == 0
     if solver == "euler" or last.all():
         return x_next
+    if solver == "dpm2":            # the slope at the midpoint in lambda = -ln sigma
+        mid = torch.where(last, 1.0, (sigma * sigma_next).sqrt())                  # rows at 0 are dropped
+        x_mid = x + append_dims(mid - sigma, x.ndim) * d
+        return torch.where(append_dims(last, x.ndim), x_next, x + h * _slope(D, x_mid, mid, cond, dtype))
     d_next = _slope(D, x_next, torch.where(last, 1.0, sigma_next), cond, dtype)   # rows at 0 are dropped
     return torch.where(append_dims(last, x.ndim), x_next, x + h * (d + d_next) / 2)
 
@@ -200,13 +205,7 @@ def sample_dpm2(D, x, sigmas, *, cond=None, generator=None, progress=False, proj
     dtype, work = x.dtype, _work_dtype(x)
     x = x.to(work)
     for sigma, sigma_next in _steps(sigmas, progress):
-        d = _slope(D, x, sigma, cond, dtype)
-        if sigma_next == 0:
-            x = x - sigma * d
-        else:
-            sigma_mid = math.sqrt(sigma * sigma_next)
-            x = x + (sigma_next - sigma) * _slope(D, x + (sigma_mid - sigma) * d, sigma_mid, cond, dtype)
-        x = _project(project, x, sigma_next)
+        x = _project(project, ode_step(D, x, sigma, sigma_next, "dpm2", cond, dtype=dtype), sigma_next)
     return x.to(dtype)
 
 

@@ -8,6 +8,7 @@ import torch
 from ..kinds import DENOISER, LCM
 from ..precond import append_dims
 from ..processes import VPDiscrete
+from ..sampling import ode_step
 from .base import Group, Method
 from .common import make_distance, randn_like, split_batch
 
@@ -83,13 +84,9 @@ class LatentConsistencyDistillation(Method):
 
     def solve(self, x, sigma, sigma_next, w, cond):
         """One DDIM step (Euler in VE coordinates) or one DPM-Solver-2 step of the guided teacher, per row."""
-        h = append_dims(sigma_next - sigma, x.ndim)
-        d = (x - self.guided(x, sigma, w, cond)) / append_dims(sigma, x.ndim)
-        if self.solver == "ddim":
-            return x + h * d
-        mid = (sigma * sigma_next).sqrt()
-        u = x + append_dims(mid - sigma, x.ndim) * d
-        return x + h * (u - self.guided(u, mid, w, cond)) / append_dims(mid, x.ndim)
+        def D(x, sigma, **cond):
+            return self.guided(x, sigma, w, cond)
+        return ode_step(D, x, sigma, sigma_next, "euler" if self.solver == "ddim" else "dpm2", cond)
 
     def loss(self, group, nets, batch, *, k, generator):
         x0, cond = split_batch(batch)
