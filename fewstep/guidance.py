@@ -8,6 +8,7 @@ eps-space formulas carry over to D linearly.
 import torch
 
 from .conditions import ClassLabel
+from .precond import append_dims
 
 
 def drop_labels(labels, p, null_label, generator=None):
@@ -35,12 +36,13 @@ class Guided(torch.nn.Module):
 
 class ClassifierFreeGuidance(Guided):
     """eps_bar = (w + 1) eps(x, t, c) - w eps(x, t, null) (seed 002), i.e. D_bar = (w + 1) D_c - w D_u, for
-    any conditions that have a null value (fewstep.conditions). w = 0 is the conditional model. The
-    default guides the class label, whose null is `null_label` (the label trained for "no class")."""
+    any conditions that have a null value (fewstep.conditions). w = 0 is the conditional model; a (B,) tensor w
+    guides each row with its own scale (LCM's w ~ U[w_min, w_max]). The default guides the class label, whose
+    null is `null_label` (the label trained for "no class")."""
 
     def __init__(self, D, w, null_label=None, conditions=None):
         super().__init__()
-        self.D, self.w = D, float(w)
+        self.D, self.w = D, w if torch.is_tensor(w) else float(w)
         self.conditions = conditions if conditions is not None else [ClassLabel(null_label)]
 
     def forward(self, x, sigma, **cond):
@@ -48,10 +50,11 @@ class ClassifierFreeGuidance(Guided):
             if c.name not in cond or cond[c.name] is None:
                 raise ValueError(f"classifier-free guidance needs {c.name}; pass cond={{'{c.name}': y}}")
         D_c = self.D(x, sigma, **cond)
-        if self.w == 0:
+        if not (torch.as_tensor(self.w) != 0).any():
             return D_c
         D_u = self.D(x, sigma, **{**cond, **{c.name: c.null_like(cond[c.name]) for c in self.conditions}})
-        return (self.w + 1) * D_c - self.w * D_u
+        w = append_dims(torch.as_tensor(self.w, dtype=x.dtype, device=x.device), x.ndim)
+        return (w + 1) * D_c - w * D_u
 
 
 class ClassifierGuidance(Guided):

@@ -5,6 +5,7 @@ through a DDIM (or DPM-Solver-2) step, and the skipping step k."""
 
 import torch
 
+from ..guidance import ClassifierFreeGuidance
 from ..kinds import DENOISER, LCM
 from ..precond import append_dims
 from ..processes import VPDiscrete
@@ -74,18 +75,10 @@ class LatentConsistencyDistillation(Method):
     def draw_w(self, n, generator):
         return self.w_min + (self.w_max - self.w_min) * torch.rand(n, generator=generator, dtype=torch.float64)
 
-    def guided(self, x, sigma, w, cond):
-        """The teacher's CFG denoiser (1 + w) D(x, c) - w D(x, null) with one w per sample (seed 002)."""
-        D_c = self.teacher(x, sigma, **cond)
-        if "class_labels" not in cond or not (w > 0).any():
-            return D_c
-        D_u = self.teacher(x, sigma, **{**cond, "class_labels": torch.full_like(cond["class_labels"], self.null_label)})
-        return D_c + append_dims(w, x.ndim) * (D_c - D_u)
-
     def solve(self, x, sigma, sigma_next, w, cond):
-        """One DDIM step (Euler in VE coordinates) or one DPM-Solver-2 step of the guided teacher, per row."""
-        def D(x, sigma, **cond):
-            return self.guided(x, sigma, w, cond)
+        """One DDIM step (Euler in VE coordinates) or one DPM-Solver-2 step of the teacher under classifier-free
+        guidance (1 + w) D(x, c) - w D(x, null), one w per row (seed 002)."""
+        D = ClassifierFreeGuidance(self.teacher, w, self.null_label) if "class_labels" in cond else self.teacher
         return ode_step(D, x, sigma, sigma_next, "euler" if self.solver == "ddim" else "dpm2", cond)
 
     def loss(self, group, nets, batch, *, k, generator):
