@@ -32,6 +32,7 @@ import torch
 
 from .checkpoint import load_checkpoint, make_dir, read_json, write_json
 from .config import TrainConfig
+from .runs import CHECKPOINT, CONFIG, changed_fields, read_metrics
 from .data.images import FASHION_MNIST_ROOT
 from .errors import FewstepError
 
@@ -212,8 +213,11 @@ def train_runs(folder, base, runs, names, seed, label, log):
             pairs = pair_cost(folder, pair_key(run, runs), cfg, log, label)
         record, reused = reusable(path, cfg), True
         if record is None:
+            check_not_stale(path, cfg)
             record, reused = {"config": cfg.flat(), **child(folder, name, "train", cfg, path)}, False
-            if 0 < record["resumed_at"] < cfg.steps:
+            if record["resumed_at"] >= cfg.steps:         # finished before its record was written: the log's clock
+                record["seconds"] = logged_seconds(path)
+            elif record["resumed_at"]:
                 record["seconds"] *= cfg.steps / (cfg.steps - record["resumed_at"])
             write_json(os.path.join(path, RECORD), record)
         done[name] = {**record, "path": path, "pair_seconds": pairs["seconds"], "pair_peak_mb": pairs["peak_mb"],
@@ -226,6 +230,30 @@ def train_runs(folder, base, runs, names, seed, label, log):
 
 def resumed(record):
     return f" (resumed at step {record['resumed_at']}: scaled)" if record.get("resumed_at") else ""
+
+
+def check_not_stale(path, cfg):
+    """A run folder left by a compare call with another budget or seed is not continued into this one (steps may
+    change on resume, and its teacher was another): one line says so. PD's rounds are checked at round 1."""
+    first = os.path.join(path, f"steps-{cfg.method_kwargs['N0'] // 2}") if cfg.method == "pd" else path
+    if not os.path.isfile(os.path.join(first, CONFIG)):
+        return
+    stored = TrainConfig.from_run(read_json(os.path.join(first, CONFIG), "run config", kind=dict))
+    changed = [k for k in ("steps", "seed") if getattr(stored, k) != getattr(cfg, k)]
+    if not changed and cfg.method != "pd":     # (another steps changes what follows from it: K, lr_decay_steps)
+        changed = changed_fields(stored.resolved(), cfg.resolved())
+    if changed:
+        raise FewstepError(f"{path} holds a run of another compare call ({', '.join(changed)} differ); pass a new "
+                           f"--out, or delete that folder to train it again")
+
+
+def logged_seconds(path):
+    """The training seconds metrics.jsonl logged (sec_per_step over each logged stretch of steps)."""
+    total, k = 0.0, 0
+    for record in read_metrics(path):
+        if "sec_per_step" in record:
+            total, k = total + record["sec_per_step"] * max(record["k"] - k, 0), record["k"]    # a resume re-logs
+    return total
 
 
 def reusable(path, cfg):
@@ -265,7 +293,7 @@ def child(folder, name, job, cfg, path):
         os.remove(result)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    with open(log_path, "w") as out:
+    with open(log_path, "a") as out:            # a resumed run's log keeps the interrupted call's lines
         proc = subprocess.Popen([sys.executable, "-c", CHILD, spec], stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)       # the child's own rusage: its peak RSS, not ours
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -296,9 +324,9 @@ def child_main(spec_path):
     cfg = TrainConfig.from_dict(spec["config"])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    checkpoint = os.path.join(spec["run"], "checkpoint.safetensors")
     resumed_at = 0                              # PD resumes by rounds: its seconds are the finishing call's
     try:
+        checkpoint = os.path.join(spec["run"] or "", CHECKPOINT)
         if spec["job"] == "train" and cfg.method != "pd" and os.path.isfile(checkpoint):
             resumed_at = load_checkpoint(checkpoint)[1]["k"]
         t0 = time.perf_counter()
@@ -384,7 +412,7 @@ def measure_2d(out, runs, names, s, log):
     """Every run on every seed; rows hold [mean, sd] over the seeds of sliced W2 to fresh data and the mode
     statistics (metrics.toy.mode_stats), and the mean samples/s, seconds and peak memory."""
     from .data import make_dataset
-    from .generate import generate, pick_sampler
+    from .generate import pick_sampler
     from .metrics.toy import mode_stats, sample_distance
     from .plots import scatter_grid
     data, per_seed, pictures, runs_done, load = make_dataset("gmm", weights=WEIGHTS), {}, {}, {}, loader()
@@ -394,10 +422,7 @@ def measure_2d(out, runs, names, s, log):
         runs_done[seed] = done
         for name, row_label, sampler, steps in samplings(runs, names):
             model, cfg = load(sampled_run(done[name]["path"], runs[name].method, steps))
-            t0 = time.perf_counter()
-            g = torch.Generator().manual_seed(100 + seed)
-            x, nfe = generate(model, cfg, s.n_2d, steps, sampler=sampler, generator=g)
-            rate, x = s.n_2d / (time.perf_counter() - t0), x.cpu()
+            x, nfe, rate = timed_generate(model, cfg, s.n_2d, steps, sampler, 100 + seed)
             row = {"swd": sample_distance(x, data, generator=torch.Generator().manual_seed(7)), **mode_stats(x, data),
                    "samples_per_s": rate, "nfe": nfe, "sampler": pick_sampler(cfg, sampler), **costs(name, runs, done)}
             per_seed.setdefault((row_label, row["sampler"], steps), []).append(row)
@@ -406,15 +431,30 @@ def measure_2d(out, runs, names, s, log):
     rows = [summary(label, steps, rs) for (label, _, steps), rs in per_seed.items()]
     for r in rows:
         log(f"[compare] 2d {r['method']}, {r['sampler']}, {plural(r['steps'])}: sliced W2 {r['swd'][0]:.3f}, "
-            f"modes hit {r['modes_hit'][0]:.2f}, weight TV {r['weight_tv'][0]:.3f}")
+            f"modes hit {r['modes_hit'][0]:.2f}, weight TV {r['weight_tv'][0]:.3f}, off mode {r['off_mode'][0]:.2f}")
     reference = data.sample(s.n_2d, torch.Generator().manual_seed(0))
     fresh = data.sample(s.n_2d, torch.Generator().manual_seed(1))
     floor = sample_distance(fresh, data, generator=torch.Generator().manual_seed(7))        # the metric's floor
+    floor_off = mode_stats(fresh, data)["off_mode"]
     scatter_grid([("data", [("data", reference)])] + list(pictures.items()), os.path.join(out, "2d_samples.png"))
-    return {"rows": rows, "data_swd": floor, "runs": {str(k): strip(v) for k, v in runs_done.items()}}
+    return {"rows": rows, "data_swd": floor, "data_off_mode": floor_off, "runs": {str(k): strip(v) for k, v in runs_done.items()}}
 
 
-MEAN_SD = ("swd", "modes_hit", "weight_tv")
+def timed_generate(model, cfg, n, steps, sampler, seed, repeats=3):
+    """(samples, NFE, samples/s) of generate: the seeded samples, and the median rate of `repeats` timed calls
+    after one untimed warm-up (a single call of a few milliseconds times the allocator and the clock)."""
+    from .generate import generate
+    rates = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        x, nfe = generate(model, cfg, n, steps, sampler=sampler, generator=torch.Generator().manual_seed(seed))
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        rates.append(n / (time.perf_counter() - t0))
+    return x.cpu(), nfe, statistics.median(rates[1:])
+
+
+MEAN_SD = ("swd", "modes_hit", "weight_tv", "off_mode")
 
 
 def summary(label, steps, rs):
@@ -491,8 +531,10 @@ def budget_rule(s, runs, names):
     users = [n for n in ("kd", "reflow", "dmd") if n in names]
     pairs = (f" {', '.join(users)} regress {s.pairs} teacher pairs ({s.pair_steps} Heun steps each), made once per "
              "teacher: their seconds are added to each of them." if users else "")
-    return (f"Budget rule: one EDM teacher trained 2B = {2 * s.budget} steps; every few-step method trains B = "
-            f"{s.budget} steps from it (or from data), with the same batch, learning rate and network.{pd}{lcm}{pairs}")
+    teacher = (f"one EDM teacher trained 2B = {2 * s.budget} steps; every few-step method trains B = {s.budget} "
+               "steps from it (or from data)" if "teacher" in names else
+               f"every few-step method trains B = {s.budget} steps")
+    return f"Budget rule: {teacher}, with the same batch, learning rate and network.{pd}{lcm}{pairs}"
 
 
 def notes(measure):
@@ -531,11 +573,11 @@ COST_HEAD = "samples/s | train s | with teacher s | teacher calls | peak MB |"
 
 
 def table_2d(rows):
-    lines = ["| method | sampler | steps | NFE | sliced W2 | modes hit | mode-weight TV | " + COST_HEAD,
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | sampler | steps | NFE | sliced W2 | modes hit | mode-weight TV | off mode | " + COST_HEAD,
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         metrics = " | ".join(mean_sd(r[k], digits, r["seeds"]) for k, digits in (("swd", 3), ("modes_hit", 2),
-                                                                                 ("weight_tv", 3)))
+                                                                                 ("weight_tv", 3), ("off_mode", 2)))
         lines.append(f"| {r['method']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {metrics} | " + cost_cells(r))
     return "\n".join(lines)
 
@@ -568,7 +610,9 @@ def markdown(command, s, rule, datasets, seconds):
         d, seeds = datasets["2d"], ", ".join(map(str, s.seeds))
         parts += ["## 2-D mixture (8 modes, weights 1..8)", "",
                   f"{'Mean ± sd over seeds' if len(s.seeds) > 1 else 'Seed'} {seeds}; {s.n_2d} samples per row and "
-                  f"seed. A fresh draw of the data scores sliced W2 {d['data_swd']:.3f}. {network('2d', s)}", "",
+                  f"seed. A fresh draw of the data scores sliced W2 {d['data_swd']:.3f} with {d['data_off_mode']:.3f} of "
+                  f"its samples off mode (farther than 3 sd from every mean: a blur or a ring between the modes "
+                  f"raises it where modes hit stays at 1). {network('2d', s)}", "",
                   table_2d(d["rows"]), ""]
     if "fmnist" in datasets:
         parts += ["## Fashion-MNIST", "",

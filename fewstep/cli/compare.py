@@ -55,12 +55,18 @@ def command_line(args, s, data, methods):
     return " ".join(words + (["--fast"] if args.fast else []))
 
 
+MIN_N = 10
+
+
 def run(args):
     from ..compare import DATASETS, make_settings, run_compare, select, plan
     data = parse_list(args.data, "--data", DATASETS)
-    methods = parse_list(args.methods, "--methods") if args.methods else None
+    methods = parse_list(args.methods, "--methods") if args.methods is not None else None
     if methods:
         select(plan("2d", make_settings()), methods)        # a bad name stops here, before anything trains
-    seeds = tuple(parse_list(args.seeds, "--seeds", kind=int)) if args.seeds else None
+    seeds = tuple(parse_list(args.seeds, "--seeds", kind=int)) if args.seeds is not None else None
+    if args.n is not None and args.n < MIN_N:
+        raise FewstepError(f"--n {args.n} is too few samples to score (FD, precision/recall with k = 3); pass "
+                           f"--n {MIN_N} or more")
     s = make_settings(args.fast, budget=args.budget, seeds=seeds, n_2d=args.n, n_images=args.n)
     run_compare(args.out, data, methods, s, command_line(args, s, data, methods))
