@@ -476,10 +476,8 @@ def strip(done):
 def measure_fmnist(out, runs, names, s, log):
     """One seed: FD and precision/recall (k = 3) in the shipped classifier's features against n_ref test
     images (fewstep.evaluate), at every step count each method samples with, and the FD-vs-NFE plot."""
-    from .evaluate import crop_to, reference_features, sample_images
-    from .metrics.fd import extract_features, fd_from_features
+    from .evaluate import reference_features, sample_images, score
     from .metrics.features import load_feature_net
-    from .metrics.precision_recall import precision_recall
     from .generate import pick_sampler
     from .plots import image_rows
     seed = s.seeds[0]
@@ -490,9 +488,8 @@ def measure_fmnist(out, runs, names, s, log):
     for name, label, sampler, steps in samplings(runs, names):
         model, cfg = load(sampled_run(done[name]["path"], runs[name].method, steps))
         x, nfe, rate = sample_images(model, cfg, s.n_images, steps, sampler=sampler, seed=seed)
-        feats = extract_features(feature_net, crop_to(x.cpu(), 28))
         rows.append({"method": label, "sampler": pick_sampler(cfg, sampler), "steps": steps, "nfe": nfe,
-                     "fd": fd_from_features(feats, ref), **precision_recall(ref, feats, k=3), "samples_per_s": rate,
+                     **score(feature_net, x, ref)[1], "samples_per_s": rate,
                      **costs(name, runs, done)})
         pictures.setdefault(label, []).append((title(sampler, steps, nfe), x[:16].cpu()))
         log(f"[compare] fmnist {label}, {rows[-1]['sampler']}, {plural(steps)}: FD {rows[-1]['fd']:.2f}, precision "
@@ -503,21 +500,9 @@ def measure_fmnist(out, runs, names, s, log):
 
 
 def fd_plot(rows, path):
-    """FD against NFE, one line per method and sampler; up to 20 distinct colours (plots.fd_vs_nfe_plot's
-    default cycle repeats after 10) and the legend outside the axes."""
-    from .plots import plt                      # pyplot on plots.py's Agg backend
-    lines = {}
-    for r in rows:
-        lines.setdefault(f"{r['method']}, {r['sampler']}", []).append((r["nfe"], r["fd"]))
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    colors = plt.get_cmap("tab20").colors
-    for i, (label, pts) in enumerate(lines.items()):
-        ax.plot(*zip(*sorted(pts)), marker="osD^v"[i % 5], color=colors[i % 20], label=label)
-    ax.set_xscale("log"), ax.set_xlabel("NFE"), ax.set_ylabel("FD (classifier features)"), ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """FD against NFE, one line per method and sampler."""
+    from .plots import fd_vs_nfe_plot
+    fd_vs_nfe_plot([{**r, "model": f"{r['method']}, {r['sampler']}"} for r in rows], path)
 
 #----------------------------------------------------------------------------
 # Tables.

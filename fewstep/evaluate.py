@@ -35,6 +35,13 @@ def reference_features(feature_net, n=10000):
     return extract_features(feature_net, test.images[:n].float() / 127.5 - 1)
 
 
+def score(feature_net, x, ref, progress=False):
+    """(features, {fd, precision, recall}) of images x in [-1, 1] against reference features, in the shipped
+    classifier's feature space (precision/recall with k = 3)."""
+    feats = extract_features(feature_net, crop_to(x.cpu(), 28), progress=progress)
+    return feats, {"fd": fd_from_features(feats, ref), **precision_recall(ref, feats, k=3)}
+
+
 def crop_to(x, size):
     """Centre-crop images padded for the U-Net (32 px) back to the classifier's 28 px."""
     off = (x.shape[-1] - size) // 2
@@ -87,9 +94,8 @@ def evaluate(run, steps, n=10000, sampler=None, guidance=0.0, classifier_run=Non
     for s in steps:
         x, nfe, rate = sample_images(model, cfg, n, s, sampler=sampler, guidance=guidance, classifier=classifier, seed=seed,
                                      gamma=gamma, decoder=decoder)
-        feats = extract_features(feature_net, crop_to(x, 28), progress=progress)
-        pr = precision_recall(ref, feats, k=3)
-        rows.append({"steps": s, "nfe": nfe, "fd": fd_from_features(feats, ref), **pr, "images_per_sec": rate})
+        feats, scores = score(feature_net, x, ref, progress)
+        rows.append({"steps": s, "nfe": nfe, **scores, "images_per_sec": rate})
         if cfg.cond or classifier is not None:
             rows[-1]["class_match"] = class_match(feature_net, feats, requested_labels(n, model, classifier))
         image_grid(x[:100], os.path.join(out, f"samples_{s}steps.png"), nrow=10)

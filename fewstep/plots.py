@@ -88,13 +88,17 @@ def line_plot(x, y, path, xlabel="", ylabel="", title="", logx=True):
 
 
 def fd_vs_nfe_plot(rows, path):
-    """FD against NFE, one line per model (rows: dicts with model, nfe, fd)."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for model in dict.fromkeys(r["model"] for r in rows):
+    """FD against NFE, one line per model (rows: dicts with model, nfe, fd). Past 10 lines (where the default
+    colour cycle repeats): tab20's 20 colours, five markers, and the legend outside the axes."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    many = len(models) > 10
+    fig, ax = plt.subplots(figsize=(7.5, 4.2) if many else (5, 3.4))
+    for i, model in enumerate(models):
         pts = sorted((r["nfe"], r["fd"]) for r in rows if r["model"] == model)
-        ax.plot(*zip(*pts), "o-", label=model)
-    ax.set_xscale("log"), ax.set_xlabel("NFE"), ax.set_ylabel("FD (classifier features)")
-    ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        style = {"marker": "osD^v"[i % 5], "color": plt.get_cmap("tab20").colors[i % 20]} if many else {"marker": "o"}
+        ax.plot(*zip(*pts), label=model, **style)
+    ax.set_xscale("log"), ax.set_xlabel("NFE"), ax.set_ylabel("FD (classifier features)"), ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if many else {}))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -17,10 +17,8 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import FewstepError
-from ..evaluate import crop_to, reference_features, sample_images
-from ..metrics.fd import extract_features, fd_from_features
+from ..evaluate import reference_features, sample_images, score
 from ..metrics.features import load_feature_net
-from ..metrics.precision_recall import precision_recall
 from ..plots import image_grid
 from ..train import train
 
@@ -94,9 +92,7 @@ def run_bench(out="bench_out", budget=None, methods=("teacher", "cd", "ct", "ict
         for label, sampler, steps in SAMPLING[name]:
             for s in steps:
                 x, nfe, rate = sample_images(model, cfg, n, s, sampler=sampler)
-                feats = extract_features(feature_net, crop_to(x, 28))
-                rows.append({"model": label, "steps": s, "nfe": nfe, "fd": fd_from_features(feats, ref),
-                             **precision_recall(ref, feats, k=3), "images_per_sec": rate,
+                rows.append({"model": label, "steps": s, "nfe": nfe, **score(feature_net, x, ref)[1], "images_per_sec": rate,
                              "train_sec_per_step": train_s, "peak_mem_mb": peak_memory_mb()})
                 image_grid(x[:100], os.path.join(out, f"{name}_{s}steps.png"), nrow=10)
                 print("[bench] " + _md_row(rows[-1]), flush=True)
