@@ -167,7 +167,7 @@ def options_of(cfg):
 def teacher_calls(cfg):
     """Teacher network evaluations per training sample and step: CD one ODE step (Heun 2, Euler 1; Algorithm 2,
     seed 000), PD two DDIM steps, continuous CD, DMD, SDS and ADD one denoiser call, LCM one DDIM step (DPM-Solver-2:
-    2), CTM its expected Heun steps (ConsistencyTrajectory.teacher_calls); a guided teacher (CFG) costs two. The
+    2), CTM two per expected Heun step (ConsistencyTrajectory.teacher_calls); a guided teacher (CFG) costs two. The
     pairs of KD, reflow and DMD are teacher calls made once, counted apart (pair_cost)."""
     o = options_of(cfg)
     if cfg.method == "ctm":
@@ -268,11 +268,15 @@ def reusable(path, cfg):
 def pair_cost(folder, key, cfg, log, label):
     """{seconds, peak_mb} of making the teacher pairs, measured once per teacher and pair setting in a child
     process that only makes them, before the first run that needs them: they are cached in TEACHER/pairs/,
-    where every such run then finds them."""
+    where every such run then finds them. The record is reused while the cache still holds its files (a teacher
+    trained again starts an empty cache)."""
     path = os.path.join(folder, "logs", key + ".json")
     if os.path.isfile(path):
-        return read_json(path, "pair record", kind=dict)
+        record = read_json(path, "pair record", kind=dict)
+        if set(record.get("files", ())) <= pair_files(cfg):     # (a record without its files list: reused)
+            return record
     result = child(folder, key, "pairs", cfg, None)
+    result["files"] = sorted(pair_files(cfg))
     write_json(path, result)
     what = "made" if result["made"] else "found made before this comparison: loaded"
     log(f"{label} {key}: {what} in {result['seconds']:.1f} s, peak {result['peak_mb']:.0f} MB")
