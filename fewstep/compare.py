@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from .checkpoint import load_checkpoint, make_dir, read_json, write_json
+from .checkpoint import load_checkpoint, make_dir, read_json, write_json, write_text
 from .config import TrainConfig
 from .runs import CHECKPOINT, CONFIG, changed_fields, read_metrics
 from .data.images import FASHION_MNIST_ROOT
@@ -632,12 +632,11 @@ def run_compare(out="compare_out", data=DATASETS, methods=None, settings=None, c
         names = select(runs, methods)
         rule = budget_rule(s, runs, names)
         datasets[d] = (measure_2d if d == "2d" else measure_fmnist)(out, runs, names, s, log)
-    text = markdown(command, s, rule, datasets, time.perf_counter() - t0)
-    with open(os.path.join(out, "compare.md"), "w") as f:
-        f.write(text)
-    write_json(os.path.join(out, "compare.json"), {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
-               "machine": machine(), "budget_rule": rule, "settings": dataclasses.asdict(s), "datasets": datasets,
-               "not_compared": NOT_COMPARED})
+        # written after each dataset, so that a failure in the next one keeps this one's table
+        write_text(os.path.join(out, "compare.md"), markdown(command, s, rule, datasets, time.perf_counter() - t0))
+        write_json(os.path.join(out, "compare.json"), {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "machine": machine(), "budget_rule": rule, "settings": dataclasses.asdict(s), "datasets": datasets,
+                   "not_compared": NOT_COMPARED})
     trained = sum(not rec["reused"] for d in datasets.values() for done in d["runs"].values() for rec in done.values())
     total = sum(len(done) for d in datasets.values() for done in d["runs"].values())
     log(f"[compare] {trained} run(s) trained, {total - trained} reused; wrote {out}/compare.md, compare.json and "
