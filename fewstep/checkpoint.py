@@ -29,6 +29,12 @@ def make_dir(path, what="output folder"):
     return path
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call write(tmp_path) and then atomically move the finished file to path. Any failure (a full or
     read-only disk included) leaves the file at path as it was and no temporary file behind, and is
@@ -42,6 +48,7 @@ def atomic_write(path, write):
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())        # mkstemp makes 0600; the file gets open()'s usual mode
         os.replace(tmp, path)
     finally:
         if tmp is not None and os.path.exists(tmp):

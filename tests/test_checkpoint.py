@@ -237,3 +237,17 @@ def test_a_student_takes_its_teachers_network_and_a_failed_run_leaves_no_folders
     with pytest.raises(FewstepError, match="width must be a positive integer"):
         train(_cfg(net_kwargs={"width": -4}), str(tmp_path / "new" / "deeper" / "run"), progress=False)
     assert sorted(os.listdir(tmp_path)) == ["student", "teacher"]
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """mkstemp's 0600 is not kept: a written checkpoint or table is readable as open() would have made it."""
+    from fewstep.checkpoint import write_text
+    old = os.umask(0o022)
+    try:
+        write_text(str(tmp_path / "a.md"), "x")
+        assert os.stat(tmp_path / "a.md").st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        write_text(str(tmp_path / "b.md"), "x")
+        assert os.stat(tmp_path / "b.md").st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
