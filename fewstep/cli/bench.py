@@ -35,7 +35,7 @@ def bench_configs(out, budget):
         "cd": TrainConfig(method="cd", teacher=teacher, steps=budget["cd"], **base,
                           method_kwargs={"N": 18, "solver": "heun", "distance": "pseudo-huber"}),
         "ct": TrainConfig(method="ct", steps=budget["ct"], **base,
-                          method_kwargs={"s1": 40, "distance": "pseudo-huber", "weighting": "inverse-dsigma"}),
+                          method_kwargs={"s1": 40, "distance": "pseudo-huber"}),
         "ict": TrainConfig(method="ict", steps=budget["ict"], **base, method_kwargs={"s1": 160}),
     }
 
