@@ -95,7 +95,8 @@ def test_corrupt_checkpoint_via_the_cli(runs, tmp_path):
 
 
 @pytest.mark.parametrize("setting, phrase", [("distance=l3", "unknown distance"), ("weighting=cosine", "unknown weighting"),
-                                             ("boundary=foo", "boundary"), ("s0=1", "s0"), ("net.width=abc", "net.width must be an integer"),
+                                             ("boundary=foo", "boundary"), ("s0=1", "s0"), ("mu0=0", "0 < mu0 < 1"),
+                                             ("net.width=abc", "net.width must be an integer"),
                                              ("net.width=-4", "width must be a positive integer"),
                                              ("data.k=abc", "data.k must be an integer"), ("data.k=0", "k must be a positive"),
                                              ("net.colour=1", "no option 'colour'"), ("net.config=huge", "names no network size")])

@@ -63,6 +63,8 @@ class ConsistencyTraining(Method):
                  sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, feature_net=None, c=None):
         if not 2 <= s0 <= s1:
             raise ValueError(f"CT needs 2 <= s0 <= s1 (N(0) = s0 points), got s0={s0}, s1={s1}")
+        if not 0 < mu0 < 1:             # mu(k) = exp(s0 log(mu0) / N(k)): log(0) is undefined
+            raise ValueError(f"CT needs 0 < mu0 < 1 (the EMA rate of theta^- at N = s0), got mu0={mu0}")
         self.K, self.s0, self.s1, self.mu0 = K, s0, s1, mu0
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
         self.d, self.weighting = make_distance(distance, feature_net, c), _check_weighting(weighting)
