@@ -43,6 +43,7 @@ class ClassifierFreeGuidance(Guided):
     def __init__(self, D, w, null_label=None, conditions=None):
         super().__init__()
         self.D, self.w = D, w if torch.is_tensor(w) else float(w)
+        self.active = bool((torch.as_tensor(w) != 0).any())     # w = 0 everywhere: the conditional model alone
         self.conditions = conditions if conditions is not None else [ClassLabel(null_label)]
 
     def forward(self, x, sigma, **cond):
@@ -50,10 +51,10 @@ class ClassifierFreeGuidance(Guided):
             if c.name not in cond or cond[c.name] is None:
                 raise ValueError(f"classifier-free guidance needs {c.name}; pass cond={{'{c.name}': y}}")
         D_c = self.D(x, sigma, **cond)
-        if not (torch.as_tensor(self.w) != 0).any():
+        if not self.active:
             return D_c
         D_u = self.D(x, sigma, **{**cond, **{c.name: c.null_like(cond[c.name]) for c in self.conditions}})
-        w = append_dims(torch.as_tensor(self.w, dtype=x.dtype, device=x.device), x.ndim)
+        w = append_dims(self.w.to(x), x.ndim) if torch.is_tensor(self.w) else self.w
         return (w + 1) * D_c - w * D_u
 
 

@@ -147,6 +147,14 @@ def test_an_interrupted_run_resumes_and_its_seconds_are_scaled(tmp_path, monkeyp
     raw = json.load(open(tmp_path / "logs" / "teacher.result.json"))["seconds"]          # the child's own clock
     assert record["resumed_at"] == 10 and record["seconds"] == pytest.approx(raw * 40 / 30) and raw > 0
 
+    # a run that finished but lost its record is not retrained: its seconds are the ones metrics.jsonl logged
+    os.remove(tmp_path / "teacher" / "compare_run.json")
+    again = train_runs(str(tmp_path), base, runs, ["teacher"], 0, "[t]", lines.append)["teacher"]
+    log = [json.loads(line) for line in open(tmp_path / "teacher" / "metrics.jsonl")]     # every 2 steps, k rising
+    assert [r["k"] for r in log] == list(range(2, 42, 2)), [r["k"] for r in log]
+    logged = sum(2 * r["sec_per_step"] for r in log)
+    assert again["resumed_at"] == 40 and again["seconds"] == pytest.approx(logged) and 0 < logged < 60, again
+    record = json.load(open(tmp_path / "teacher" / "compare_run.json"))
     # a later call with another budget does not continue this teacher to its own steps: one line, nothing trained
     with pytest.raises(FewstepError, match="another compare call .steps differ.; pass a new --out"):
         other = make_settings(fast=True, budget=10)
